@@ -1,0 +1,1 @@
+"""Datasets: Megatron-compatible indexed files, GPT sample indices, blending and mixins."""

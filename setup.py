@@ -1,0 +1,37 @@
+"""Installs the megaproc trainer and the data_tools preparation package."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megaproc",
+    version="0.1.0",
+    description="DeepSpeed training engine for procedural pre-pretraining research",
+    packages=find_packages(include=["megaproc", "megaproc.*", "data_tools", "data_tools.*"]),
+    python_requires=">=3.10",
+    # torch is installed by scripts/setup_env.sh first (CPU 2.13.0 here, an existing CUDA build
+    # elsewhere is kept); the range below is satisfied by either, so pip installs nothing more.
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.15",
+        "transformers>=4.45",
+        "tokenizers>=0.19",
+        "sentencepiece",
+        "datasets>=2.18",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "tqdm",
+        "zstandard",
+        "pyarrow",
+        "psutil",
+    ],
+    extras_require={
+        "logging": ["tensorboard", "wandb", "matplotlib"],
+        "test": ["pytest>=7", "tensorboard", "wandb", "matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "megaproc-train=megaproc.train:main",
+            "megaproc-export=megaproc.export:main",
+        ]
+    },
+)
