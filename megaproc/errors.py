@@ -1,0 +1,35 @@
+"""Turn expected user errors into one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USER_ERROR_EXIT_CODE = 2
+
+
+def user_error_types() -> tuple:
+    """Exception types that describe bad input rather than a bug."""
+    from megaproc.checkpoint import ResumeError
+    from megaproc.config import ConfigError
+    from megaproc.tokenizer import TokenizerError
+
+    types = [ConfigError, ResumeError, TokenizerError, FileNotFoundError]
+    try:
+        from megaproc.data.indexed import IndexedDatasetError
+
+        types.append(IndexedDatasetError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def run_with_clear_errors(fn, *args) -> int:
+    """Call ``fn``; on a user error print ``error: ...`` once (rank 0) and return 2."""
+    try:
+        return int(fn(*args) or 0)
+    except user_error_types() as exc:
+        if os.environ.get("RANK", "0") == "0":
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT_CODE

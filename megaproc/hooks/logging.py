@@ -1,0 +1,121 @@
+"""Logging hook: logs/train.jsonl always, a rank-0 progress bar, optional TensorBoard and wandb."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from megaproc import distributed as dist_utils
+from megaproc.hooks.base import Hook
+
+
+class JsonlWriter:
+    """Append-only JSON-lines file (rank 0 only), flushed after every record."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Append one record."""
+        self._fh.write(json.dumps(record, default=float) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
+
+
+def drop_records_after(path: str | Path, step: int) -> None:
+    """Remove records with ``step`` greater than ``step`` (they are redone after a resume)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill during the write
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class LoggingHook(Hook):
+    """Writes the step metrics the trainer reduced on log steps."""
+
+    name = "logging"
+
+    def __init__(self, log_cfg, run_dir: Path, max_steps: int):
+        self.cfg = log_cfg
+        self.run_dir = Path(run_dir)
+        self.max_steps = max_steps
+        self.writer = None
+        self.progress = None
+        self.tensorboard = None
+        self.wandb_run = None
+
+    def on_train_start(self, trainer) -> None:
+        if not dist_utils.is_main():
+            return
+        drop_records_after(self.run_dir / "logs" / "train.jsonl", trainer.step)
+        self.writer = JsonlWriter(self.run_dir / "logs" / "train.jsonl")
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.progress = tqdm(total=self.max_steps, initial=trainer.step, desc="train",
+                                 unit="step", dynamic_ncols=True, mininterval=1.0)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self.cfg.wandb and self.cfg.wandb_mode != "disabled":
+            import wandb
+
+            self.wandb_run = wandb.init(project=self.cfg.wandb_project, mode=self.cfg.wandb_mode,
+                                        dir=str(self.run_dir), name=self.run_dir.name,
+                                        config=trainer.config_dict, resume="allow")
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if not dist_utils.is_main():
+            return
+        if self.progress is not None:
+            self.progress.update(metrics["step"] - self.progress.n)
+        if "loss" not in metrics:
+            return
+        record = dict(metrics, timestamp=time.time())
+        self.writer.write(record)
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                      refresh=False)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(f"train/{key}", value, metrics["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"train/{k}": v for k, v in scalars.items()}, step=metrics["step"])
+
+    def on_eval(self, trainer, metrics: dict) -> None:
+        if not dist_utils.is_main():
+            return
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(f"eval/{key}", value, metrics["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"eval/{k}": v for k, v in scalars.items()}, step=metrics["step"])
+
+    def on_train_end(self, trainer) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

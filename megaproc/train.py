@@ -1,0 +1,49 @@
+"""Entry point: ``deepspeed|torchrun|python megaproc/train.py --config X.yaml [a.b=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script by a launcher: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megaproc.errors import run_with_clear_errors  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line arguments (the launcher's ``--local_rank`` is accepted and ignored)."""
+    parser = argparse.ArgumentParser(description="Train a causal LM with DeepSpeed.")
+    parser.add_argument("--config", help="YAML recipe (may extend another)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+    return parser.parse_args(argv)
+
+
+def run(argv=None) -> int:
+    """Parse, build the trainer, train; returns the exit code."""
+    args = parse_args(argv)
+    from megaproc.config import load_config, to_yaml
+    import megaproc.workflows  # noqa: F401  (registers the extra config sections)
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    from megaproc import distributed as dist_utils
+    from megaproc.trainer import Trainer
+
+    dist_utils.init_distributed(args.local_rank)
+    trainer = Trainer(cfg)
+    return trainer.train()
+
+
+def main(argv=None) -> None:
+    """Console entry point."""
+    sys.exit(run_with_clear_errors(run, argv))
+
+
+if __name__ == "__main__":
+    main()

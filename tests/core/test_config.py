@@ -1,0 +1,78 @@
+"""Config tree: recipes, extends, overrides, validation errors that name the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from megaproc.config import ConfigError, fingerprint, load_config, to_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_and_overrides_parsed_as_yaml():
+    cfg = load_config(None, ["train.max_steps=20", "run.out_dir=runs/demo", "optim.lr=1e-3",
+                             "optim.betas=[0.9, 0.95]", "checkpoint.resume=none"])
+    assert cfg.train.max_steps == 20 and cfg.run.out_dir == "runs/demo"
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.betas == [0.9, 0.95]
+    assert cfg.checkpoint.resume == "none"
+
+
+def test_extends_merges_parent_then_child(tmp_path):
+    write(tmp_path / "base.yaml", {"train": {"max_steps": 7, "seq_len": 64}, "optim": {"lr": 0.1}})
+    child = write(tmp_path / "child.yaml", {"extends": "base.yaml", "train": {"seq_len": 32}})
+    cfg = load_config(child, ["optim.lr=0.5"])
+    assert (cfg.train.max_steps, cfg.train.seq_len, cfg.optim.lr) == (7, 32, 0.5)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.max_stepz=3", "train.max_stepz"),
+    ("trian.max_steps=3", "trian"),
+    ("train.max_steps=abc", "train.max_steps"),
+    ("train.micro_batch=1.5", "train.micro_batch"),
+    ("train.precision=fp8", "train.precision"),
+    ("train.grad_accum=0", "train.grad_accum"),
+])
+def test_bad_keys_and_types_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"'{key}'" in str(err.value)
+
+
+def test_unknown_key_in_recipe_names_it(tmp_path):
+    path = write(tmp_path / "bad.yaml", {"log": {"log_evrey": 5}})
+    with pytest.raises(ConfigError, match="'log.log_evrey'"):
+        load_config(path)
+
+
+def test_fingerprint_ignores_paths_and_length_but_not_hyperparameters():
+    a = load_config(None, ["run.out_dir=a", "train.max_steps=10"])
+    b = load_config(None, ["run.out_dir=b", "train.max_steps=99"])
+    c = load_config(None, ["optim.lr=0.123"])
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
+def test_dry_run_prints_resolved_config_and_shipped_recipes_load():
+    out = subprocess.run([sys.executable, "megaproc/train.py", "--config", "configs/quickstart.yaml",
+                          "--dry-run", "train.max_steps=3"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    assert resolved["train"]["max_steps"] == 3
+    assert resolved["model"]["name"] == load_config(REPO / "configs/quickstart.yaml").model.name
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        assert to_yaml(load_config(recipe))
+
+
+def test_cli_unknown_key_is_one_line_error():
+    out = subprocess.run([sys.executable, "megaproc/train.py", "--config", "configs/quickstart.yaml",
+                          "train.bogus=1"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "unknown config key 'train.bogus'" in out.stderr
