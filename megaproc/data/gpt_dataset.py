@@ -1,0 +1,273 @@
+"""Fixed-length GPT training samples cut from an :class:`~megaproc.data.indexed.IndexedDataset`.
+
+Three index arrays define the samples (the Megatron scheme):
+
+- **document index**: the document ids of ``document_range`` tiled over as many epochs as
+  ``num_samples`` needs, each epoch shuffled independently with a seeded numpy Generator, so
+  every document appears once per epoch;
+- **sample index** (int64 ``[S + 1, 2]``): row ``s`` is the (document-index position, token
+  offset) where sample ``s`` starts.  Documents are concatenated in document-index order and
+  sample ``s`` is the ``seq_len + 1`` tokens starting at global token ``s * seq_len``, so
+  consecutive samples share one token (the label of the last input) and samples cross document
+  boundaries.  With ``add_extra_token=False`` samples are ``seq_len`` tokens, no overlap.
+  Row ``S`` is where the following sample would start;
+- **shuffle index** (int64 ``[S]``): a permutation of the samples **per epoch** (a sample
+  belongs to the epoch of the document it starts in).  The first samples of the dataset thus
+  exhaust epoch 1 before any of epoch 2 is seen, and when ``num_samples`` ends inside an epoch
+  that last epoch contributes a random subset of its documents (those first in its shuffled
+  order).
+
+The arrays are built with vectorised numpy in bounded-memory chunks and cached as ``.npy``
+under a key covering every input *and* the ``.idx`` fingerprint, so a regenerated index under
+the same prefix gets fresh arrays; see :mod:`megaproc.data.index_cache` for the distributed
+build protocol.  Cache hits memory-map the arrays and take milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megaproc.data.index_cache import IndexCache, cache_dir_for_prefix
+
+FORMAT_VERSION = 1
+ARRAY_NAMES = ("document_index", "sample_index", "shuffle_index", "flags")
+_CHUNK = 1 << 22  # document-index positions handled per vectorised chunk
+_SMALL_EPOCH = 1 << 14  # below this many documents, epochs are permuted together by argsort
+_MANY_BLOCKS = 4096  # above this many epochs, samples are shuffled with one lexsort
+
+
+def split_documents(num_docs: int, valid_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Split ``num_docs`` documents into a train range and a trailing validation range.
+
+    The validation range holds ``round(num_docs * valid_fraction)`` documents (at least one
+    when the fraction is positive); with a zero fraction it is the empty range
+    ``(num_docs, num_docs)``.  Raises ``ValueError`` if the training range would be empty.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    n_valid = 0 if valid_fraction == 0 else max(1, int(round(num_docs * valid_fraction)))
+    if num_docs - n_valid < 1:
+        raise ValueError(f"cannot hold out {n_valid} of {num_docs} documents for validation "
+                         "and keep any for training")
+    return (0, num_docs - n_valid), (num_docs - n_valid, num_docs)
+
+
+def _epoch_permutations(rng: np.random.Generator, count: int, epochs: int, dtype) -> np.ndarray:
+    """``epochs`` independent permutations of ``range(count)``, concatenated."""
+    out = np.empty(count * epochs, dtype=dtype)
+    if count >= _SMALL_EPOCH:
+        for e in range(epochs):
+            out[e * count:(e + 1) * count] = rng.permutation(count)
+        return out
+    rows_per_chunk = max(1, _CHUNK // max(count, 1))
+    for first in range(0, epochs, rows_per_chunk):
+        rows = min(rows_per_chunk, epochs - first)
+        keys = rng.random((rows, count))
+        out[first * count:(first + rows) * count] = np.argsort(keys, axis=1, kind="stable").reshape(-1)
+    return out
+
+
+def _blockwise_permutation(rng: np.random.Generator, bounds: np.ndarray) -> np.ndarray:
+    """A permutation of ``range(bounds[-1])`` that shuffles within each ``[bounds[e], bounds[e+1])``."""
+    total = int(bounds[-1])
+    sizes = np.diff(bounds)
+    if len(sizes) > _MANY_BLOCKS:  # many tiny epochs: one lexsort instead of a Python loop
+        block_of = np.repeat(np.arange(len(sizes)), sizes)
+        return np.lexsort((rng.random(total), block_of)).astype(np.int64)
+    out = np.arange(total, dtype=np.int64)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        lo, hi = int(lo), int(hi)
+        if hi - lo > 1:
+            out[lo:hi] = lo + rng.permutation(hi - lo)
+    return out
+
+
+class GPTDataset:
+    """Samples of ``seq_len + 1`` tokens (``seq_len`` without the extra token) from ``indexed``.
+
+    ``num_samples=None`` means exactly one epoch of ``document_range`` (default: all
+    documents); otherwise the documents are tiled over enough epochs to provide
+    ``num_samples`` samples and the dataset has exactly that length.  ``__getitem__(i)``
+    returns ``{"tokens": int64 array}``.  ``seed`` drives the document and sample shuffles;
+    ``name`` (e.g. ``"train"``/``"valid"``) separates caches of different roles.
+    """
+
+    def __init__(self, indexed, seq_len: int, num_samples: int | None, seed: int,
+                 document_range: tuple[int, int] | None = None, cache_dir: str | None = None,
+                 name: str = "train", add_extra_token: bool = True):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if num_samples is not None and num_samples < 0:
+            raise ValueError(f"num_samples must be non-negative, got {num_samples}")
+        self.indexed = indexed
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        self.name = name
+        self.add_extra_token = bool(add_extra_token)
+        self.sample_length = self.seq_len + int(self.add_extra_token)
+        num_docs = len(indexed.document_indices) - 1
+        first, last = document_range if document_range is not None else (0, num_docs)
+        if not 0 <= first < last <= num_docs:
+            raise ValueError(f"document_range ({first}, {last}) is empty or outside the "
+                             f"{num_docs} documents of {indexed.path_prefix}")
+        self.document_range = (int(first), int(last))
+        self.requested_samples = num_samples
+        description = {
+            "kind": "GPTDataset", "version": FORMAT_VERSION, "fingerprint": indexed.fingerprint(),
+            "seq_len": self.seq_len, "seed": self.seed, "num_samples": num_samples,
+            "document_range": list(self.document_range), "name": name,
+            "add_extra_token": self.add_extra_token,
+        }
+        self.cache_dir = cache_dir_for_prefix(indexed.path_prefix, cache_dir)
+        self.cache = IndexCache(self.cache_dir, name, description, ARRAY_NAMES)
+        arrays, self.built_index = self.cache.get_or_build(self._build_arrays)
+        self._attach(arrays)
+
+    # ------------------------------------------------------------------ building
+    def _document_lengths(self) -> tuple[np.ndarray, bool]:
+        """Token count of each document in the range, and whether every document is one sequence."""
+        first, last = self.document_range
+        doc_idx = self.indexed.document_indices
+        lengths = self.indexed.sequence_lengths
+        bounds = np.asarray(doc_idx[first:last + 1], dtype=np.int64)
+        steps = np.diff(bounds)
+        if np.all(steps == 1):
+            return np.asarray(lengths[bounds[0]:bounds[-1]], dtype=np.int64), True
+        seq_cum = np.zeros(bounds[-1] - bounds[0] + 1, dtype=np.int64)
+        np.cumsum(lengths[bounds[0]:bounds[-1]], out=seq_cum[1:])
+        local = bounds - bounds[0]
+        return seq_cum[local[1:]] - seq_cum[local[:-1]], False
+
+    def _build_arrays(self) -> dict[str, np.ndarray]:
+        doc_lengths, single = self._document_lengths()
+        first, last = self.document_range
+        docs = last - first
+        tokens_per_epoch = int(doc_lengths.sum())
+        extra = int(self.add_extra_token)
+        per_epoch = max(0, (tokens_per_epoch - extra) // self.seq_len)
+        if self.requested_samples is None:
+            if per_epoch == 0:
+                raise ValueError(
+                    f"{self.indexed.path_prefix}: documents {self.document_range} hold "
+                    f"{tokens_per_epoch} tokens, fewer than one sample of {self.sample_length}")
+            samples, epochs = per_epoch, 1
+        else:
+            if tokens_per_epoch == 0:
+                raise ValueError(f"{self.indexed.path_prefix}: documents {self.document_range} are empty")
+            samples = int(self.requested_samples)
+            epochs = max(1, -(-(samples * self.seq_len + extra) // tokens_per_epoch))
+        rng = np.random.default_rng(self.seed)
+        doc_dtype = np.int32 if last < 2**31 else np.int64
+        document_index = _epoch_permutations(rng, docs, epochs, doc_dtype)
+        document_index += doc_dtype(first)
+        sample_index = self._sample_index(document_index, doc_lengths, first, samples)
+        epoch_bounds = np.searchsorted(sample_index[:samples, 0], np.arange(epochs + 1) * docs)
+        epoch_bounds[-1] = samples
+        shuffle_index = _blockwise_permutation(rng, epoch_bounds)
+        flags = np.array([int(single)], dtype=np.int64)
+        return {"document_index": document_index, "sample_index": sample_index,
+                "shuffle_index": shuffle_index, "flags": flags}
+
+    def _sample_index(self, document_index: np.ndarray, doc_lengths: np.ndarray, first: int,
+                      samples: int) -> np.ndarray:
+        """Start (position, offset) of samples ``0..samples`` (row ``samples`` = next start)."""
+        sample_index = np.empty((samples + 1, 2), dtype=np.int64)
+        positions = len(document_index)
+        sample_index[:, 0] = positions  # sentinel for starts at the very end (no extra token)
+        sample_index[:, 1] = 0
+        seq_len = self.seq_len
+        tokens_before = 0
+        for lo in range(0, positions, _CHUNK):
+            hi = min(positions, lo + _CHUNK)
+            lengths = doc_lengths[document_index[lo:hi] - first]
+            ends = np.cumsum(lengths)
+            ends += tokens_before
+            chunk_tokens_end = int(ends[-1])
+            s_lo = -(-tokens_before // seq_len)
+            s_hi = min(samples + 1, -(-chunk_tokens_end // seq_len))
+            if s_hi > s_lo:
+                starts = np.arange(s_lo, s_hi, dtype=np.int64) * seq_len
+                where = np.searchsorted(ends, starts, side="right")
+                sample_index[s_lo:s_hi, 0] = where + lo
+                sample_index[s_lo:s_hi, 1] = starts - (ends[where] - lengths[where])
+            tokens_before = chunk_tokens_end
+            if s_hi >= samples + 1:
+                break
+        return sample_index
+
+    # ------------------------------------------------------------------ reading
+    def _attach(self, arrays: dict[str, np.ndarray]) -> None:
+        self.document_index = arrays["document_index"]
+        self.sample_index = arrays["sample_index"]
+        self.shuffle_index = arrays["shuffle_index"]
+        self._single_sequence_docs = bool(arrays["flags"][0])
+        self._lengths = self.indexed.sequence_lengths
+        self._doc_bounds = self.indexed.document_indices
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("document_index", "sample_index", "shuffle_index", "_lengths", "_doc_bounds"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._attach(self.cache.load())
+
+    def __len__(self) -> int:
+        return len(self.shuffle_index)
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs of the document range tiled into the document index."""
+        return len(self.document_index) // (self.document_range[1] - self.document_range[0])
+
+    def mean_tokens_per_sample(self) -> float:
+        """Every sample has exactly ``sample_length`` tokens."""
+        return float(self.sample_length)
+
+    def _document_length(self, doc: int) -> int:
+        if self._single_sequence_docs:
+            return int(self._lengths[doc])
+        lo, hi = int(self._doc_bounds[doc]), int(self._doc_bounds[doc + 1])
+        return int(self._lengths[lo:hi].sum())
+
+    def _read(self, doc: int, offset: int, length: int, out: np.ndarray) -> None:
+        """Copy ``length`` tokens of document ``doc`` from ``offset`` into ``out``."""
+        if self._single_sequence_docs:
+            out[:] = self.indexed.get(doc, offset, length)
+            return
+        filled = 0
+        for seq in range(int(self._doc_bounds[doc]), int(self._doc_bounds[doc + 1])):
+            seq_length = int(self._lengths[seq])
+            if offset >= seq_length:
+                offset -= seq_length
+                continue
+            take = min(length - filled, seq_length - offset)
+            out[filled:filled + take] = self.indexed.get(seq, offset, take)
+            filled += take
+            offset = 0
+            if filled == length:
+                return
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        position, offset = (int(x) for x in self.sample_index[int(self.shuffle_index[i])])
+        need = self.sample_length
+        tokens = np.empty(need, dtype=np.int64)
+        filled = 0
+        while filled < need:
+            doc = int(self.document_index[position])
+            take = min(need - filled, self._document_length(doc) - offset)
+            if take > 0:
+                self._read(doc, offset, take, tokens[filled:filled + take])
+                filled += take
+            position += 1
+            offset = 0
+        return {"tokens": tokens}
+
+    def __repr__(self) -> str:
+        return (f"GPTDataset({self.indexed.path_prefix!r}, name={self.name}, samples={len(self)}, "
+                f"seq_len={self.seq_len}, docs={self.document_range}, epochs={self.num_epochs})")
