@@ -4,7 +4,8 @@ Three index arrays define the samples (the Megatron scheme):
 
 - **document index**: the document ids of ``document_range`` tiled over as many epochs as
   ``num_samples`` needs, each epoch shuffled independently with a seeded numpy Generator, so
-  every document appears once per epoch;
+  every document appears once per epoch (epoch ``e`` is seeded by ``(seed, e)``, so a
+  longer run extends the order of a shorter one);
 - **sample index** (int64 ``[S + 1, 2]``): row ``s`` is the (document-index position, token
   offset) where sample ``s`` starts.  Documents are concatenated in document-index order and
   sample ``s`` is the ``seq_len + 1`` tokens starting at global token ``s * seq_len``, so
@@ -12,7 +13,8 @@ Three index arrays define the samples (the Megatron scheme):
   boundaries.  With ``add_extra_token=False`` samples are ``seq_len`` tokens, no overlap.
   Row ``S`` is where the following sample would start;
 - **shuffle index** (int64 ``[S]``): a permutation of the samples **per epoch** (a sample
-  belongs to the epoch of the document it starts in).  The first samples of the dataset thus
+  belongs to the epoch holding its last token, so a one-epoch dataset is exactly the first
+  epoch block of a longer one).  The first samples of the dataset thus
   exhaust epoch 1 before any of epoch 2 is seen, and when ``num_samples`` ends inside an epoch
   that last epoch contributes a random subset of its documents (those first in its shuffled
   order).
@@ -32,8 +34,6 @@ from megaproc.data.index_cache import IndexCache, cache_dir_for_prefix
 FORMAT_VERSION = 1
 ARRAY_NAMES = ("document_index", "sample_index", "shuffle_index", "flags")
 _CHUNK = 1 << 22  # document-index positions handled per vectorised chunk
-_SMALL_EPOCH = 1 << 14  # below this many documents, epochs are permuted together by argsort
-_MANY_BLOCKS = 4096  # above this many epochs, samples are shuffled with one lexsort
 
 
 def split_documents(num_docs: int, valid_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -52,33 +52,31 @@ def split_documents(num_docs: int, valid_fraction: float) -> tuple[tuple[int, in
     return (0, num_docs - n_valid), (num_docs - n_valid, num_docs)
 
 
-def _epoch_permutations(rng: np.random.Generator, count: int, epochs: int, dtype) -> np.ndarray:
-    """``epochs`` independent permutations of ``range(count)``, concatenated."""
+def _epoch_rng(seed: int, stream: int, epoch: int) -> np.random.Generator:
+    """Generator for one epoch's shuffle; ``stream`` 0 = documents, 1 = samples.
+
+    Seeding each epoch separately keeps an epoch's order independent of how many epochs are
+    built, so asking for more samples later (a longer run) extends the order instead of
+    reshuffling it: only the last, partial epoch changes.
+    """
+    return np.random.default_rng([seed, stream, epoch])
+
+
+def _epoch_permutations(seed: int, count: int, epochs: int, dtype) -> np.ndarray:
+    """``epochs`` independently seeded permutations of ``range(count)``, concatenated."""
     out = np.empty(count * epochs, dtype=dtype)
-    if count >= _SMALL_EPOCH:
-        for e in range(epochs):
-            out[e * count:(e + 1) * count] = rng.permutation(count)
-        return out
-    rows_per_chunk = max(1, _CHUNK // max(count, 1))
-    for first in range(0, epochs, rows_per_chunk):
-        rows = min(rows_per_chunk, epochs - first)
-        keys = rng.random((rows, count))
-        out[first * count:(first + rows) * count] = np.argsort(keys, axis=1, kind="stable").reshape(-1)
+    for e in range(epochs):
+        out[e * count:(e + 1) * count] = _epoch_rng(seed, 0, e).permutation(count)
     return out
 
 
-def _blockwise_permutation(rng: np.random.Generator, bounds: np.ndarray) -> np.ndarray:
-    """A permutation of ``range(bounds[-1])`` that shuffles within each ``[bounds[e], bounds[e+1])``."""
-    total = int(bounds[-1])
-    sizes = np.diff(bounds)
-    if len(sizes) > _MANY_BLOCKS:  # many tiny epochs: one lexsort instead of a Python loop
-        block_of = np.repeat(np.arange(len(sizes)), sizes)
-        return np.lexsort((rng.random(total), block_of)).astype(np.int64)
-    out = np.arange(total, dtype=np.int64)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+def _blockwise_permutation(seed: int, bounds: np.ndarray) -> np.ndarray:
+    """A permutation of ``range(bounds[-1])`` shuffling within each ``[bounds[e], bounds[e+1])``."""
+    out = np.arange(int(bounds[-1]), dtype=np.int64)
+    for e, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         lo, hi = int(lo), int(hi)
         if hi - lo > 1:
-            out[lo:hi] = lo + rng.permutation(hi - lo)
+            out[lo:hi] = lo + _epoch_rng(seed, 1, e).permutation(hi - lo)
     return out
 
 
@@ -97,6 +95,8 @@ class GPTDataset:
                  name: str = "train", add_extra_token: bool = True):
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         if num_samples is not None and num_samples < 0:
             raise ValueError(f"num_samples must be non-negative, got {num_samples}")
         self.indexed = indexed
@@ -156,14 +156,16 @@ class GPTDataset:
                 raise ValueError(f"{self.indexed.path_prefix}: documents {self.document_range} are empty")
             samples = int(self.requested_samples)
             epochs = max(1, -(-(samples * self.seq_len + extra) // tokens_per_epoch))
-        rng = np.random.default_rng(self.seed)
         doc_dtype = np.int32 if last < 2**31 else np.int64
-        document_index = _epoch_permutations(rng, docs, epochs, doc_dtype)
+        document_index = _epoch_permutations(self.seed, docs, epochs, doc_dtype)
         document_index += doc_dtype(first)
         sample_index = self._sample_index(document_index, doc_lengths, first, samples)
-        epoch_bounds = np.searchsorted(sample_index[:samples, 0], np.arange(epochs + 1) * docs)
+        # Sample s belongs to the epoch holding its last token; samples with their last token
+        # before epoch e's end number ceil((e * T - L + 1) / seq_len).
+        ends = np.arange(1, epochs + 1, dtype=np.int64) * tokens_per_epoch - self.sample_length + 1
+        epoch_bounds = np.concatenate([[0], np.clip(-(-ends // self.seq_len), 0, samples)])
         epoch_bounds[-1] = samples
-        shuffle_index = _blockwise_permutation(rng, epoch_bounds)
+        shuffle_index = _blockwise_permutation(self.seed, epoch_bounds)
         flags = np.array([int(single)], dtype=np.int64)
         return {"document_index": document_index, "sample_index": sample_index,
                 "shuffle_index": shuffle_index, "flags": flags}
