@@ -71,8 +71,20 @@ def _default_data_config(cfg: Config):
 
 
 def build_data(trainer):
-    """``(batch_source, valid_dataset, source_names)`` for the run."""
+    """``(batch_source, valid_dataset, source_names)`` for the run.
+
+    With ``task.kind: graph_search`` the source streams live task examples (no validation
+    dataset; the held-out task evaluation replaces it); otherwise indexed data is blended
+    with the optional synthetic mixin.
+    """
+    from megaproc.workflows import task_config, validate_workflow
+
     cfg = trainer.cfg
+    validate_workflow(cfg)
+    if task_config(cfg).kind == "graph_search":
+        from megaproc.task.source import SOURCE_NAME, build_task_source
+
+        return build_task_source(trainer), None, [SOURCE_NAME]
     t = cfg.train
     data_cfg = _default_data_config(cfg) if uses_default_corpus(cfg) else cfg.data
     for key, entries in (("data.train", data_cfg.train), ("data.valid", data_cfg.valid)):
@@ -92,13 +104,34 @@ def build_data(trainer):
 
 
 def build_hooks(trainer) -> list:
-    """The standard hooks, in the order they run."""
+    """The hooks, in the order they run.
+
+    Workflow hooks come first: the weighted loss (``train.loss: weighted``), the curriculum
+    (``curriculum.enabled``; before logging, so train.jsonl gets ``curr_acc, stage, alpha``)
+    or the periodic held-out task eval (``task.eval_every``); then logging, validation,
+    checkpointing and preemption.
+    """
     from megaproc.hooks.cadence import CheckpointHook, ValidationHook
     from megaproc.hooks.logging import LoggingHook
     from megaproc.hooks.preemption import PreemptionHook
+    from megaproc.workflows import curriculum_config, task_config
 
     cfg = trainer.cfg
-    return [
+    hooks = []
+    if cfg.train.loss == "weighted":
+        from megaproc.hooks.weighted_loss import WeightedLossHook
+
+        hooks.append(WeightedLossHook())
+    if curriculum_config(cfg).enabled:
+        from megaproc.hooks.curriculum import CurriculumHook
+
+        hooks.append(CurriculumHook.from_trainer(trainer))
+    elif task_config(cfg).eval_every:
+        from megaproc.hooks.task_eval import HeldoutLog, TaskEvalHook, build_heldout_evaluator
+
+        hooks.append(TaskEvalHook(HeldoutLog(build_heldout_evaluator(trainer),
+                                             Path(cfg.run.out_dir)), task_config(cfg).eval_every))
+    return hooks + [
         LoggingHook(cfg.log, Path(cfg.run.out_dir), cfg.train.max_steps),
         ValidationHook(cfg.eval, Path(cfg.run.out_dir)),
         CheckpointHook(cfg.checkpoint),

@@ -1,0 +1,169 @@
+"""Accuracy-gated lookahead curriculum (``curriculum.enabled: true`` with ``task.kind: graph_search``).
+
+Stages run ``1..task.max_lookahead`` with ``alpha = stage / max_lookahead``; the task source
+draws lookaheads up to ``generator.max_lookahead_for_stage(stage)`` (about ``stage``, capped
+at the largest valid lookahead).
+
+Window
+    After every micro-batch the correctness of each training example (greedy full-word
+    prediction of its answer, from the training forward itself; see
+    :mod:`megaproc.task.correctness`) is all-gathered from every rank and appended in rank
+    order to a window of the last ``curr_window`` examples.  The window is therefore the same
+    on every rank, holds ``micro_batch * grad_accum * world_size`` new examples per optimizer
+    step, and costs no extra forward (it works under ZeRO-3).
+
+Advancing
+    Every ``curr_check_every`` optimizer steps, if the window is full and its accuracy is
+    ``>= curr_threshold``, the stage advances: the window is cleared (the next stage must
+    fill it with its own examples), the source draws the next examples at the new stage and
+    the held-out evaluation runs.  Passing the last stage ends training (the final held-out
+    evaluation is written with ``event: "completed"``); ``train.max_steps`` still bounds the
+    run.  Held-out evaluation also runs at step 0 of a fresh run.
+
+Logs and state
+    On log steps ``train.jsonl`` gets ``curr_acc`` (window accuracy, None while empty),
+    ``stage`` and ``alpha`` of the step just trained (the hook runs before the logging hook).
+    ``logs/eval.jsonl`` gets ``step, stage, alpha, heldout_acc, heldout_loss, num_examples,
+    timestamp`` (+ ``event``, ``num_dropped``).  The checkpoint holds the stage, the window
+    and the completion flag; the source's state holds the generator index, so a resume
+    continues exactly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from megaproc import distributed as dist_utils
+from megaproc.hooks.base import Hook
+from megaproc.hooks.task_eval import HeldoutLog, build_heldout_evaluator
+from megaproc.task.correctness import teacher_forced_correct
+
+
+def gather_flags(local: torch.Tensor) -> list[int]:
+    """All ranks' 0/1 flags concatenated in rank order (every rank passes the same count)."""
+    local = local.detach().to(torch.int64).reshape(-1)
+    if dist_utils.world_size() == 1:
+        return local.cpu().tolist()
+    parts = [torch.empty_like(local) for _ in range(dist_utils.world_size())]
+    torch.distributed.all_gather(parts, local)
+    return torch.cat(parts).cpu().tolist()
+
+
+class CurriculumHook(Hook):
+    """Tracks the correctness window, advances the stage and runs the held-out evaluation."""
+
+    name = "curriculum"
+
+    def __init__(self, max_stage: int, curr_window: int = 200, curr_check_every: int = 10,
+                 curr_threshold: float = 0.98, start_stage: int = 1, source=None,
+                 heldout: HeldoutLog | None = None, log=None):
+        self.max_stage = int(max_stage)
+        self.check_every = int(curr_check_every)
+        self.threshold = float(curr_threshold)
+        self.stage = int(start_stage)
+        self.window: deque[int] = deque(maxlen=int(curr_window))
+        self.completed = False
+        self.source = source
+        self.heldout = heldout
+        self.log = log or (lambda message: None)
+
+    @classmethod
+    def from_trainer(cls, trainer) -> "CurriculumHook":
+        """The hook configured by the run's ``curriculum:`` and ``task:`` sections."""
+        from megaproc.workflows import curriculum_config, task_config
+
+        curr, task = curriculum_config(trainer.cfg), task_config(trainer.cfg)
+        log = (lambda m: print(m, flush=True)) if dist_utils.is_main() else (lambda m: None)
+        heldout = HeldoutLog(build_heldout_evaluator(trainer), Path(trainer.cfg.run.out_dir))
+        if heldout.evaluator is None:
+            log("[megaproc] warning: task.splits_dir is not set: no held-out evaluation")
+        return cls(task.max_lookahead, curr.curr_window, curr.curr_check_every,
+                   curr.curr_threshold, curr.start_stage, source=trainer.source,
+                   heldout=heldout, log=log)
+
+    # ------------------------------------------------------------------ window logic
+    @property
+    def alpha(self) -> float:
+        """``stage / max_lookahead``."""
+        return self.stage / self.max_stage
+
+    def record(self, local_correct: torch.Tensor) -> None:
+        """Append every rank's correctness flags of one micro-batch to the window (collective)."""
+        self.window.extend(gather_flags(local_correct))
+
+    def window_accuracy(self) -> float | None:
+        """Accuracy over the window (None while it is empty)."""
+        return sum(self.window) / len(self.window) if self.window else None
+
+    def should_advance(self, step: int) -> bool:
+        """True on a check step with a full window at or above the threshold."""
+        if self.completed or step % self.check_every != 0 or len(self.window) < self.window.maxlen:
+            return False
+        return self.window_accuracy() >= self.threshold
+
+    def advance(self, trainer) -> None:
+        """Move to the next stage (or complete the curriculum) and evaluate on held-out data."""
+        accuracy = self.window_accuracy()
+        self.window.clear()
+        if self.stage >= self.max_stage:
+            self.completed = True
+            self.log(f"[megaproc] curriculum: window accuracy {accuracy:.3f} >= {self.threshold} "
+                     f"at step {trainer.step}: last stage {self.stage} passed, training ends")
+            self._evaluate(trainer, "completed")
+            return
+        self.stage += 1
+        if self.source is not None:
+            self.source.set_stage(self.stage)
+        self.log(f"[megaproc] curriculum: window accuracy {accuracy:.3f} >= {self.threshold} at "
+                 f"step {trainer.step}: stage {self.stage - 1} -> {self.stage} (alpha {self.alpha:.4f})")
+        self._evaluate(trainer, "advance")
+
+    def _evaluate(self, trainer, event: str) -> None:
+        if self.heldout is None:
+            return
+        record = self.heldout.evaluate(trainer, stage=self.stage, alpha=self.alpha, event=event)
+        if record is not None and record["heldout_acc"] is not None:
+            self.log(f"[megaproc] held-out eval at step {trainer.step} (stage {self.stage}): "
+                     f"acc {record['heldout_acc']:.4f}, answer loss {record['heldout_loss']:.4f} "
+                     f"on {record['num_examples']} examples")
+
+    # ------------------------------------------------------------------ events
+    def on_train_start(self, trainer) -> None:
+        if self.heldout is not None:
+            self.heldout.open(trainer.step)
+        if self.source is not None:
+            self.source.set_stage(self.stage)
+        if self.completed:  # resumed from a run whose curriculum already finished
+            trainer.finished = True
+            return
+        if trainer.step == 0:
+            self._evaluate(trainer, "start")
+
+    def on_loss(self, trainer, batch, logits, per_token_loss, loss):
+        labels = batch["labels"].to(logits.device)
+        self.record(teacher_forced_correct(logits.detach(), labels, batch["word_mask"]))
+        return loss
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if "loss" in metrics:
+            metrics.update(curr_acc=self.window_accuracy(), stage=self.stage, alpha=self.alpha)
+        if self.should_advance(trainer.step):
+            self.advance(trainer)
+
+    def should_stop(self) -> bool:
+        return self.completed
+
+    def state_dict(self) -> dict:
+        """Stage, window (as a 0/1 string, oldest first) and completion."""
+        return {"stage": self.stage, "window": "".join(map(str, self.window)),
+                "completed": self.completed, "max_stage": self.max_stage}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.stage = int(state["stage"])
+        self.window.clear()
+        self.window.extend(int(c) for c in state.get("window", ""))
+        self.completed = bool(state.get("completed", False))

@@ -1,0 +1,95 @@
+"""Prompt/answer examples as token samples, laid out exactly like the JSONL mixin.
+
+A sample is ``tokens = [bos] + ids(prompt) + ids(answer) + [eos]`` (bos/eos only when the
+tokenizer defines them; prompt and answer are tokenized separately, as
+:class:`megaproc.data.mixin.JsonlTaskDataset` does, so the pre-pretraining stream and the
+pretraining mixin agree token for token).  Besides the batch contract's ``answer_mask`` (the
+answer tokens and the eos: what the weighted loss up-weights) every sample carries a
+``word_mask`` marking the tokens whose greedy prediction decides correctness (see
+:mod:`megaproc.task.correctness`): the answer's tokens, plus the eos when the answer text ends
+in a letter or digit (so that a longer word, e.g. ``" 12"`` -> ``" 123"``, is not counted as
+right).  Natural-language answers end with ``"."``, which already closes the word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from megaproc.data.batch import collate
+
+
+def independent_backend(tokenizer):
+    """A private copy of a fast tokenizer's Rust backend without truncation or padding.
+
+    Encoding with it never mutates shared state, so a prefetch thread and the main thread
+    may tokenize at the same time.  None for tokenizers without a Rust backend.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+class TaskEncoder:
+    """Tokenizes prompt/answer pairs into samples (``tokens``, ``answer_mask``, ``word_mask``)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos_id = getattr(tokenizer, "bos_token_id", None)
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        self._backend = independent_backend(tokenizer)
+
+    @property
+    def num_special_tokens(self) -> int:
+        """bos and eos tokens added around every example."""
+        return int(self.bos_id is not None) + int(self.eos_id is not None)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens)."""
+        if self._backend is not None:
+            return [enc.ids for enc in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def sample(self, prompt_ids: list[int], answer_ids: list[int], answer_text: str) -> dict:
+        """One sample from already tokenized prompt and answer."""
+        head = [self.bos_id] if self.bos_id is not None else []
+        tail = [self.eos_id] if self.eos_id is not None else []
+        tokens = np.asarray(head + list(prompt_ids) + list(answer_ids) + tail, dtype=np.int64)
+        answer_start = len(head) + len(prompt_ids)
+        answer_mask = np.zeros(len(tokens), dtype=bool)
+        answer_mask[answer_start:] = True
+        word_mask = np.zeros(len(tokens), dtype=bool)
+        word_end = answer_start + len(answer_ids)
+        if tail and answer_text[-1:].isalnum():
+            word_end += 1
+        word_mask[answer_start:word_end] = True
+        return {"tokens": tokens, "answer_mask": answer_mask, "word_mask": word_mask, "source": 0}
+
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> list[dict]:
+        """Samples for ``(prompt, answer)`` pairs (tokenized in one batch)."""
+        if not pairs:
+            return []
+        ids = self.encode_texts([p for p, _ in pairs] + [a for _, a in pairs])
+        half = len(pairs)
+        return [self.sample(ids[k], ids[half + k], pairs[k][1]) for k in range(half)]
+
+
+def collate_task(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict:
+    """:func:`megaproc.data.batch.collate` plus ``word_mask`` [B, T] aligned with the labels.
+
+    Without ``pad_to`` the batch is as wide as its longest sample (padding never changes the
+    loss or the predictions of real positions: attention is causal and pads are ignored).
+    """
+    batch = collate(samples, pad_id, pad_to=pad_to)
+    word = torch.zeros_like(batch["answer_mask"])
+    for row, sample in enumerate(samples):
+        mask = np.asarray(sample["word_mask"], dtype=bool)[1:]
+        word[row, :len(mask)] = torch.from_numpy(mask)
+    batch["word_mask"] = word
+    return batch
