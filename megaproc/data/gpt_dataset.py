@@ -63,10 +63,15 @@ def _epoch_rng(seed: int, stream: int, epoch: int) -> np.random.Generator:
 
 
 def _epoch_permutations(seed: int, count: int, epochs: int, dtype) -> np.ndarray:
-    """``epochs`` independently seeded permutations of ``range(count)``, concatenated."""
+    """``epochs`` independently seeded permutations of ``range(count)``, concatenated.
+
+    Each epoch is shuffled in place in the output array (no int64 temporaries).
+    """
     out = np.empty(count * epochs, dtype=dtype)
     for e in range(epochs):
-        out[e * count:(e + 1) * count] = _epoch_rng(seed, 0, e).permutation(count)
+        block = out[e * count:(e + 1) * count]
+        block[:] = np.arange(count, dtype=dtype)
+        _epoch_rng(seed, 0, e).shuffle(block)
     return out
 
 
@@ -125,24 +130,32 @@ class GPTDataset:
 
     # ------------------------------------------------------------------ building
     def _document_lengths(self) -> tuple[np.ndarray, bool]:
-        """Token count of each document in the range, and whether every document is one sequence."""
+        """Token count of each document in the range (the int32 lengths view when every
+        document is one sequence), and whether every document is one sequence."""
         first, last = self.document_range
         doc_idx = self.indexed.document_indices
         lengths = self.indexed.sequence_lengths
+        seq_first, seq_last = int(doc_idx[first]), int(doc_idx[last])
+        single = seq_last - seq_first == last - first
+        for lo in range(first, last, _CHUNK):  # strictly one sequence per document?
+            hi = min(last, lo + _CHUNK)
+            if not single:
+                break
+            single = bool(np.array_equal(doc_idx[lo:hi + 1] - doc_idx[lo],
+                                         np.arange(hi + 1 - lo)))
+        if single:
+            return lengths[seq_first:seq_last], True
         bounds = np.asarray(doc_idx[first:last + 1], dtype=np.int64)
-        steps = np.diff(bounds)
-        if np.all(steps == 1):
-            return np.asarray(lengths[bounds[0]:bounds[-1]], dtype=np.int64), True
-        seq_cum = np.zeros(bounds[-1] - bounds[0] + 1, dtype=np.int64)
-        np.cumsum(lengths[bounds[0]:bounds[-1]], out=seq_cum[1:])
-        local = bounds - bounds[0]
+        seq_cum = np.zeros(seq_last - seq_first + 1, dtype=np.int64)
+        np.cumsum(lengths[seq_first:seq_last], out=seq_cum[1:])
+        local = bounds - seq_first
         return seq_cum[local[1:]] - seq_cum[local[:-1]], False
 
     def _build_arrays(self) -> dict[str, np.ndarray]:
         doc_lengths, single = self._document_lengths()
         first, last = self.document_range
         docs = last - first
-        tokens_per_epoch = int(doc_lengths.sum())
+        tokens_per_epoch = int(doc_lengths.sum(dtype=np.int64))
         extra = int(self.add_extra_token)
         per_epoch = max(0, (tokens_per_epoch - extra) // self.seq_len)
         if self.requested_samples is None:
@@ -181,8 +194,9 @@ class GPTDataset:
         tokens_before = 0
         for lo in range(0, positions, _CHUNK):
             hi = min(positions, lo + _CHUNK)
-            lengths = doc_lengths[document_index[lo:hi] - first]
-            ends = np.cumsum(lengths)
+            docs = document_index[lo:hi]
+            lengths = doc_lengths[docs - first if first else docs]
+            ends = np.cumsum(lengths, dtype=np.int64)
             ends += tokens_before
             chunk_tokens_end = int(ends[-1])
             s_lo = -(-tokens_before // seq_len)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -59,6 +60,8 @@ def cache_dir_for_prefix(prefix: str, cache_dir: str | None = None) -> Path:
 
 def _dist():
     """``torch.distributed`` when it is available and initialised, else None."""
+    if "torch" not in sys.modules:  # no process group without torch; skip its import cost
+        return None
     try:
         import torch.distributed as dist
     except ImportError:  # pragma: no cover - torch is a dependency
