@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,7 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, trainer_state: dict, hf_
     (tmp / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank_{dist_utils.rank():05d}.pt")
     dist_utils.barrier()
+    _fault_pause(step)
     if dist_utils.is_main():
         hf_config.save_pretrained(str(tmp / "hf_config"))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -127,6 +129,18 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, trainer_state: dict, hf_
         prune_checkpoints(ckpt_root, keep_last_k)
     dist_utils.barrier()
     return final
+
+
+def _fault_pause(step: int) -> None:
+    """Test hook: ``MEGAPROC_FAULT_PAUSE_IN_SAVE=STEP:SECONDS`` sleeps mid-write at STEP.
+
+    Lets tests kill a job while a checkpoint is half written; unset in normal runs.
+    """
+    spec = os.environ.get("MEGAPROC_FAULT_PAUSE_IN_SAVE")
+    if spec:
+        at, seconds = spec.split(":")
+        if int(at) == step:
+            time.sleep(float(seconds))
 
 
 def _write_synced(path: Path, text: str) -> None:

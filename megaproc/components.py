@@ -42,7 +42,7 @@ def build_model_for_run(cfg: Config, tokenizer, ds_config: dict):
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     init_from = cfg.model.init_from
-    zero3 = zero_stage(ds_config) == 3 and not init_from
+    zero3 = zero_stage(ds_config) == 3 and not init_from and _wants_zero3_init(cfg, len(tokenizer))
     model = build_model(cfg.model, vocab_size=len(tokenizer), zero3_init=zero3,
                         ds_config=ds_config, **ids)
     if init_from:
@@ -59,6 +59,27 @@ def build_model_for_run(cfg: Config, tokenizer, ds_config: dict):
         if dist_utils.is_main():
             print(f"[megaproc] initialised model weights from {source}", flush=True)
     return model
+
+
+def _wants_zero3_init(cfg: Config, vocab_size: int) -> bool:
+    """Whether to construct the model under ``zero.Init`` (see ``model.zero3_init``)."""
+    if cfg.model.zero3_init != "auto":
+        return cfg.model.zero3_init == "always"
+    import os
+
+    import psutil
+
+    from megaproc.models import count_parameters, model_config
+
+    if cfg.model.pretrained_path:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(cfg.model.pretrained_path, local_files_only=True)
+    else:
+        config = model_config(cfg.model.name, vocab_size, cfg.model.config_overrides,
+                              cfg.model.max_position_embeddings)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist_utils.world_size()))
+    return count_parameters(config) * 4 * local_ranks > psutil.virtual_memory().total / 4
 
 
 def _default_data_config(cfg: Config):

@@ -45,6 +45,11 @@ class ModelConfig:
     # "latest:RUN_DIR" for the newest complete checkpoint of another run.
     init_from: Optional[str] = None
     dropout: Optional[float] = None
+    # ZeRO-3 only: build under deepspeed.zero.Init so no rank ever holds the whole model.
+    # "auto" does so when the fp32 model of every local rank would not fit in a quarter of host
+    # memory; "always"/"never" force it.  (Construction under zero.Init draws the random init
+    # in another order, so the same seed gives other initial weights than a plain build.)
+    zero3_init: str = "auto"
 
 
 @dataclass
@@ -177,6 +182,7 @@ EXTRA_SECTIONS: dict[str, type] = {}
 
 CHOICES: dict[str, tuple] = {
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "model.zero3_init": ("auto", "always", "never"),
     "train.loss": ("mean", "weighted"),
     "schedule.kind": ("constant", "warmup_constant", "cosine"),
     "data.blend_by": ("samples", "tokens"),
@@ -360,6 +366,8 @@ def data_sources(entries: list, key: str) -> list[DataSourceConfig]:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Load a recipe, apply dotted overrides and return a validated :class:`Config`."""
+    import megaproc.workflows  # noqa: F401  (registers the workflow sections)
+
     data = load_yaml_recipe(path) if path else {}
     for item in overrides:
         apply_override(data, item)

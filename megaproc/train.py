@@ -26,7 +26,6 @@ def run(argv=None) -> int:
     """Parse, build the trainer, train; returns the exit code."""
     args = parse_args(argv)
     from megaproc.config import load_config, to_yaml
-    import megaproc.workflows  # noqa: F401  (registers the extra config sections)
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:

@@ -58,6 +58,8 @@ class Trainer:
         self.config_dict = to_dict(cfg)
 
         resume_from = self._find_resume()
+        if resume_from is not None:  # refuse a bad resume before anything heavy is built
+            self._check_resume(resume_from)
         self._prepare_run_dir(resume_from)
         seed_everything(cfg.run.seed)
         self.tokenizer = load_run_tokenizer(cfg)
@@ -114,6 +116,7 @@ class Trainer:
             hook.on_train_start(self)
         window_start, window_data_wait = time.perf_counter(), 0.0
         while self.step < self.cfg.train.max_steps and not self.finished:
+            step_lr = self.engine.get_lr()[0]
             for micro_step in range(self.cfg.train.grad_accum):
                 t0 = time.perf_counter()
                 batch = self.source.micro_batch_at(micro_step)
@@ -128,7 +131,7 @@ class Trainer:
             metrics = {"step": self.step}
             if self.step % self.cfg.log.log_every == 0 or self.step == self.cfg.train.max_steps:
                 elapsed = time.perf_counter() - window_start
-                metrics.update(self._log_metrics(elapsed, window_data_wait))
+                metrics.update(self._log_metrics(elapsed, window_data_wait), lr=step_lr)
                 window_start, window_data_wait = time.perf_counter(), 0.0
             for hook in self.hooks:
                 hook.on_step_end(self, metrics)
@@ -242,13 +245,17 @@ class Trainer:
         self.last_saved_step = self.step
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Resume engine, loader, hooks and RNG from ``path``; refuse changed batch settings."""
+    def _check_resume(self, path: Path) -> None:
+        """Refuse a resume with changed batch settings; report other changed settings."""
         state = ckpt.read_trainer_state(path)
         changed = ckpt.check_resume_compatible(state, {"geometry": self.geometry(),
                                                        "config": flat_config(self.cfg)})
         if changed and dist_utils.is_main():
             print(f"[megaproc] resuming with changed settings: {', '.join(changed)}", flush=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Resume engine, loader, hooks and RNG from ``path``."""
+        state = ckpt.read_trainer_state(path)
         load_path, _ = self.engine.load_checkpoint(str(path), tag="ds")
         if load_path is None:
             raise ckpt.ResumeError(f"DeepSpeed could not load the engine state in {path}")

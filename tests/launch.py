@@ -1,0 +1,78 @@
+"""Helpers for tests that run the real trainer under the deepspeed launcher (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megaproc.distributed import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "megaproc" / "train.py")
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+# Small, fast settings on top of the quickstart recipe (tiny model, short sequences).
+FAST = ["model.name=tiny", "train.seq_len=32", "train.micro_batch=2", "train.grad_accum=2",
+        "log.log_every=1", "log.progress=false", "eval.every=0", "eval.max_batches=2",
+        "schedule.warmup_steps=2", "optim.lr=5e-3", "model.dropout=0.1"]
+
+
+def command(nproc: int, overrides: list[str], config: str = QUICKSTART) -> list[str]:
+    """Command line for ``nproc`` ranks (deepspeed launcher) or one plain process."""
+    if nproc == 1:
+        return [sys.executable, TRAIN, "--config", config, *overrides]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+            "--master_port", str(free_port()), TRAIN, "--config", config, *overrides]
+
+
+def env(**extra) -> dict:
+    """Environment for a training subprocess."""
+    out = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return out
+
+
+def run(nproc: int, overrides: list[str], timeout: int = 600, config: str = QUICKSTART,
+        **env_extra) -> subprocess.CompletedProcess:
+    """Run a training job to completion and return the finished process."""
+    return subprocess.run(command(nproc, overrides, config), cwd=REPO, env=env(**env_extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(nproc: int, overrides: list[str], log_path: Path, **env_extra) -> subprocess.Popen:
+    """Start a training job in its own process group (so the whole job can be killed)."""
+    log = open(log_path, "w")
+    return subprocess.Popen(command(nproc, overrides), cwd=REPO, env=env(**env_extra),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the job at once."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, what: str = "") -> None:
+    """Poll until ``predicate()`` is true; fail if the job ends or time runs out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"job ended (code {proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss of a run's train.jsonl."""
+    return {r["step"]: r["loss"] for r in read_jsonl(Path(run_dir) / "logs" / "train.jsonl")}
