@@ -25,6 +25,13 @@ def init_distributed(local_rank_arg: int | None = None) -> None:
     """Initialise the default process group once (gloo on CPU, nccl on CUDA)."""
     if dist.is_available() and dist.is_initialized():
         return
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # `srun python megaproc/train.py` with one SLURM task per GPU (launch/train.sbatch).
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                          LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+            raise RuntimeError("srun launch needs MASTER_ADDR and MASTER_PORT exported "
+                               "(see launch/train.sbatch)")
     if "RANK" not in os.environ:  # plain `python train.py`: a group of one
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -137,7 +137,7 @@ class Trainer:
                 hook.on_step_end(self, metrics)
             if any(hook.should_stop() for hook in self.hooks):
                 self.finished = True
-        for hook in self.hooks:
+        for hook in reversed(self.hooks):  # teardown: final save/eval before the loggers close
             hook.on_train_end(self)
         self.source.close()
         return self.exit_code

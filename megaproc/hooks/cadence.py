@@ -40,7 +40,7 @@ class ValidationHook(Hook):
             self._run(trainer)
 
     def on_train_end(self, trainer) -> None:
-        done = trainer.step >= trainer.cfg.train.max_steps or trainer.finished
+        done = trainer.exit_code == 0 and trainer.step > 0  # not after a preemption
         if self.cfg.at_end and done and not (self.cfg.every and trainer.step % self.cfg.every == 0):
             self._run(trainer)
         if self.writer is not None:

@@ -1,0 +1,72 @@
+"""The trainer as one plain ``python megaproc/train.py`` process: logging outputs, preemption,
+and bad input that must stop with one clear line and write nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.launch import FAST, losses, read_jsonl, run, start, wait_for
+
+PREEMPTED_EXIT_CODE = 75
+
+
+def test_sigusr1_finishes_step_saves_and_exits_for_requeue(tmp_path):
+    out = tmp_path / "run"
+    job = start(1, FAST + [f"run.out_dir={out}", "train.max_steps=100000", "log.tensorboard=true",
+                           "log.wandb=true", "log.wandb_mode=offline"], tmp_path / "job.log",
+                WANDB_SILENT="true")
+    train_log = out / "logs" / "train.jsonl"
+    wait_for(lambda: train_log.is_file() and len(train_log.read_text().splitlines()) >= 3, job,
+             what="three logged steps")
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=300) == PREEMPTED_EXIT_CODE, (tmp_path / "job.log").read_text()[-3000:]
+    last_step = read_jsonl(train_log)[-1]["step"]
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == [f"step_{last_step:08d}"]
+    assert (ckpts[0] / "COMPLETE").is_file()
+    assert json.loads((ckpts[0] / "trainer_state.json").read_text())["step"] == last_step
+    # Optional sinks were written: TensorBoard events and an offline wandb run.
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "wandb").glob("offline-run-*"))
+    # A requeued job continues from that checkpoint to the end.
+    proc = run(1, FAST + [f"run.out_dir={out}", f"train.max_steps={last_step + 2}",
+                          "log.tensorboard=true"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(losses(out)) == list(range(1, last_step + 3))
+
+
+def _one_error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+def test_missing_tokenizer_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = run(1, FAST + [f"run.out_dir={out}", f"data.tokenizer={tmp_path / 'no_such_tok'}"])
+    assert "tokenizer not found" in _one_error_line(proc)
+    assert not (out / "checkpoints").exists() and not (out / "logs").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.max_steps=ten", "'train.max_steps'"),
+    ("data.train=[/no/such/prefix]", "data.tokenizer"),
+])
+def test_bad_values_are_one_line(tmp_path, override, needle):
+    proc = run(1, FAST + [f"run.out_dir={tmp_path / 'run'}", override])
+    assert needle in _one_error_line(proc)
+
+
+def test_fresh_start_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    assert run(1, FAST + [f"run.out_dir={out}", "train.max_steps=2"]).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
+    proc = run(1, FAST + [f"run.out_dir={out}", "train.max_steps=4", "checkpoint.resume=none"])
+    assert "already holds checkpoints" in _one_error_line(proc)
+    assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == before
