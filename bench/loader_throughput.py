@@ -211,6 +211,21 @@ def megatron(python: str, runner: str, mode: str, prefix: str, seq_len: int, cac
     return run_json([python, runner, mode, prefix, str(seq_len), cache, str(count)])
 
 
+def best(runs: list[dict]) -> dict:
+    """Best of repeated runs: highest ``*_per_s``, lowest ``*_s`` times, lowest peak RSS."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    out = dict(runs[0])
+    for key in out:
+        values = [r[key] for r in runs]
+        if key.endswith("_per_s"):
+            out[key] = max(values)
+        elif key.endswith("_s") or key.endswith("_mb"):
+            out[key] = min(values)
+    out["repeats"] = len(runs)
+    return out
+
+
 def megatron_version(python: str) -> str:
     out = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('megatron-core'))"],
                          capture_output=True, text=True)
@@ -227,6 +242,7 @@ def main() -> None:
     parser.add_argument("--megatron-venv", default="/tmp/mc_venv")
     parser.add_argument("--setup-megatron", action="store_true", help="create the venv / install megatron-core")
     parser.add_argument("--skip-megatron", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement (best is kept)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -247,46 +263,70 @@ def main() -> None:
     result["big_corpus"] = write_sparse_corpus(big, args.docs)
     result["big_corpus"]["write_s"] = time.perf_counter() - t0
 
-    mine: dict = {}
-    for seq_len in SEQ_LENS:
-        cache = os.path.join(args.workdir, f"ours_access_{seq_len}")
-        count = args.samples if seq_len <= 256 else max(1000, args.samples // 4)
-        mine[f"random_access_seq{seq_len}"] = ours("access", small, seq_len, cache, count)
-    cache = os.path.join(args.workdir, "ours_big")
-    mine["index_20m_docs"] = ours("build", big, BIG_SEQ_LEN, cache)
-    mine["index_20m_docs"].update(ours("load", big, BIG_SEQ_LEN, cache))
-    result["megaproc"] = mine
-
+    # Every measurement runs `--repeats` times, alternating megaproc and megatron so both see
+    # the same machine load; the best run of each is reported (the machine may be shared).
+    theirs_python, runner, theirs_error = None, os.path.join(args.workdir, "megatron_runner.py"), None
     if args.skip_megatron:
-        result["megatron"] = "unavailable: skipped (--skip-megatron)"
+        theirs_error = "skipped (--skip-megatron)"
     else:
         try:
-            python = megatron_python(args.megatron_venv, args.setup_megatron)
-            runner = os.path.join(args.workdir, "megatron_runner.py")
+            theirs_python = megatron_python(args.megatron_venv, args.setup_megatron)
             with open(runner, "w") as handle:
                 handle.write(MEGATRON_RUNNER)
-            theirs: dict = {"version": megatron_version(python)}
-            for seq_len in SEQ_LENS:
-                cache = os.path.join(args.workdir, f"mc_access_{seq_len}")
-                count = args.samples if seq_len <= 256 else max(1000, args.samples // 4)
-                theirs[f"random_access_seq{seq_len}"] = megatron(python, runner, "access", small,
-                                                                 seq_len, cache, count)
-            cache = os.path.join(args.workdir, "mc_big")
-            theirs["index_20m_docs"] = megatron(python, runner, "build", big, BIG_SEQ_LEN, cache)
-            theirs["index_20m_docs"].update(megatron(python, runner, "load", big, BIG_SEQ_LEN, cache))
-            result["megatron"] = theirs
-            ratios = {}
-            for seq_len in SEQ_LENS:
-                key = f"random_access_seq{seq_len}"
-                ratios[f"{key}_vs_megatron_token_fetch"] = (
-                    mine[key]["getitem_samples_per_s"] / theirs[key]["token_fetch_samples_per_s"])
-                ratios[f"{key}_vs_megatron_getitem"] = (
-                    mine[key]["getitem_samples_per_s"] / theirs[key]["getitem_samples_per_s"])
-            ratios["index_build_time_megatron_over_ours"] = (
-                theirs["index_20m_docs"]["build_s"] / mine["index_20m_docs"]["build_s"])
-            result["ratios"] = ratios
         except Exception as exc:  # noqa: BLE001 - reported honestly in the JSON
-            result["megatron"] = f"unavailable: {exc}"
+            theirs_error = str(exc)
+
+    def measure(mode: str, prefix: str, seq_len: int, tag: str, count: int = 0):
+        mine_runs, theirs_runs = [], []
+        for repeat in range(args.repeats):
+            cache_ours = os.path.join(args.workdir, f"ours_{tag}_{repeat}")
+            cache_theirs = os.path.join(args.workdir, f"mc_{tag}_{repeat}")
+            if mode == "build":  # build, then a cache hit on the same cache
+                run = ours("build", prefix, seq_len, cache_ours)
+                run.update(ours("load", prefix, seq_len, cache_ours))
+            else:
+                run = ours(mode, prefix, seq_len, cache_ours, count)
+            mine_runs.append(run)
+            if theirs_python is not None:
+                try:
+                    run = megatron(theirs_python, runner, mode, prefix, seq_len, cache_theirs, count)
+                    if mode == "build":
+                        run.update(megatron(theirs_python, runner, "load", prefix, seq_len, cache_theirs))
+                    theirs_runs.append(run)
+                except Exception as exc:  # noqa: BLE001
+                    theirs_runs.append({"error": str(exc)})
+            for cache in (cache_ours, cache_theirs):
+                shutil.rmtree(cache, ignore_errors=True)
+        return best(mine_runs), best(theirs_runs) if theirs_runs else None
+
+    mine: dict = {}
+    theirs: dict = {}
+    for seq_len in SEQ_LENS:
+        count = args.samples if seq_len <= 256 else max(1000, args.samples // 4)
+        key = f"random_access_seq{seq_len}"
+        mine[key], theirs[key] = measure("access", small, seq_len, key, count)
+    mine["index_20m_docs"], theirs["index_20m_docs"] = measure("build", big, BIG_SEQ_LEN, "big")
+    result["megaproc"] = mine
+    if theirs_error is not None:
+        result["megatron"] = f"unavailable: {theirs_error}"
+    elif any("error" in v for v in theirs.values()):
+        result["megatron"] = "unavailable: " + next(v["error"] for v in theirs.values() if "error" in v)
+    else:
+        theirs["version"] = megatron_version(theirs_python)
+        result["megatron"] = theirs
+        ratios = {}
+        for seq_len in SEQ_LENS:
+            key = f"random_access_seq{seq_len}"
+            ratios[f"{key}_ours_over_megatron_token_fetch"] = (
+                mine[key]["getitem_samples_per_s"] / theirs[key]["token_fetch_samples_per_s"])
+            ratios[f"{key}_ours_over_megatron_getitem"] = (
+                mine[key]["getitem_samples_per_s"] / theirs[key]["getitem_samples_per_s"])
+        big_mine, big_theirs = mine["index_20m_docs"], theirs["index_20m_docs"]
+        ratios["index_build_time_megatron_over_ours"] = big_theirs["build_s"] / big_mine["build_s"]
+        ratios["index_build_peak_rss_delta_megatron_over_ours"] = (
+            (big_theirs["peak_rss_mb"] - big_theirs["rss_before_mb"])
+            / (big_mine["peak_rss_mb"] - big_mine["rss_before_mb"]))
+        result["ratios"] = ratios
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
     print(json.dumps(result, indent=1))

@@ -213,12 +213,15 @@ class GPTDataset:
 
     # ------------------------------------------------------------------ reading
     def _attach(self, arrays: dict[str, np.ndarray]) -> None:
-        self.document_index = arrays["document_index"]
-        self.sample_index = arrays["sample_index"]
-        self.shuffle_index = arrays["shuffle_index"]
+        # Plain ndarray views of the memory maps: element access on np.memmap is slower.
+        self.document_index = np.asarray(arrays["document_index"])
+        self.sample_index = np.asarray(arrays["sample_index"])
+        self.shuffle_index = np.asarray(arrays["shuffle_index"])
         self._single_sequence_docs = bool(arrays["flags"][0])
         self._lengths = self.indexed.sequence_lengths
         self._doc_bounds = self.indexed.document_indices
+        self._num_samples = len(self.shuffle_index)
+        self._last_position = len(self.document_index) - 1
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -231,7 +234,7 @@ class GPTDataset:
         self._attach(self.cache.load())
 
     def __len__(self) -> int:
-        return len(self.shuffle_index)
+        return self._num_samples
 
     @property
     def num_epochs(self) -> int:
@@ -268,19 +271,33 @@ class GPTDataset:
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
-        if not 0 <= i < len(self):
-            raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        position, offset = (int(x) for x in self.sample_index[int(self.shuffle_index[i])])
+        if not 0 <= i < self._num_samples:
+            raise IndexError(f"sample {i} out of range for {self._num_samples} samples")
+        sample = int(self.shuffle_index[i])
+        (position, offset), (next_position, _) = self.sample_index[sample:sample + 2].tolist()
+        last = min(next_position, self._last_position)  # no later document holds its tokens
         need = self.sample_length
+        if position == last:  # inside one document: a single zero-copy slice
+            doc = int(self.document_index[position])
+            if self._single_sequence_docs:
+                return {"tokens": self.indexed.get(doc, offset, need).astype(np.int64)}
+            tokens = np.empty(need, dtype=np.int64)
+            self._read(doc, offset, need, tokens)
+            return {"tokens": tokens}
+        docs = self.document_index[position:last + 1].tolist()
+        if self._single_sequence_docs:
+            lengths = self._lengths[docs].tolist()
+        else:
+            lengths = [self._document_length(doc) for doc in docs]
         tokens = np.empty(need, dtype=np.int64)
         filled = 0
-        while filled < need:
-            doc = int(self.document_index[position])
-            take = min(need - filled, self._document_length(doc) - offset)
+        for doc, length in zip(docs, lengths):
+            take = min(need - filled, length - offset)
             if take > 0:
                 self._read(doc, offset, take, tokens[filled:filled + take])
                 filled += take
-            position += 1
+                if filled == need:
+                    break
             offset = 0
         return {"tokens": tokens}
 

@@ -66,15 +66,14 @@ class JsonlTaskDataset:
         self._specials = int(self.bos_id is not None) + int(self.eos_id is not None)
         self.num_dropped = 0
         self.num_invalid = 0
-        self.offsets, self.lengths = self._scan()
+        self.offsets, self.line_bytes, self.lengths = self._scan()
         if len(self.offsets) == 0:
             raise ValueError(f"{self.path}: no usable examples (dropped {self.num_dropped} longer "
                              f"than {self.seq_len + 1} tokens, {self.num_invalid} without prompt/answer)")
         self.num_samples = len(self.offsets) if num_samples is None else int(num_samples)
-        self._handle = None
-        self._handle_pid = None
-        self._perm_epoch = None
-        self._perm = None
+        self._fd = None
+        self._fd_pid = None
+        self._perm = (None, None)  # (epoch, permutation), replaced atomically
 
     # ------------------------------------------------------------------ loading
     def _texts(self, raw: bytes, line_no: int):
@@ -91,20 +90,21 @@ class JsonlTaskDataset:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _scan(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self.seq_len + 1
-        offsets, lengths = [], []
-        pending: list[tuple[int, str, str]] = []
+        offsets, line_bytes, lengths = [], [], []
+        pending: list[tuple[int, int, str, str]] = []
 
         def flush():
             if not pending:
                 return
-            ids = self._encode([p for _, p, _ in pending] + [a for _, _, a in pending])
+            ids = self._encode([p for _, _, p, _ in pending] + [a for _, _, _, a in pending])
             half = len(pending)
             sizes = np.array([len(ids[k]) + len(ids[half + k]) for k in range(half)]) + self._specials
             keep = sizes <= limit
             self.num_dropped += int((~keep).sum())
-            offsets.append(np.array([o for o, _, _ in pending], dtype=np.int64)[keep])
+            offsets.append(np.array([o for o, _, _, _ in pending], dtype=np.int64)[keep])
+            line_bytes.append(np.array([n for _, n, _, _ in pending], dtype=np.int64)[keep])
             lengths.append(sizes[keep].astype(np.int32))
             pending.clear()
 
@@ -118,7 +118,7 @@ class JsonlTaskDataset:
                 if texts is None:
                     self.num_invalid += 1
                     continue
-                pending.append((start, *texts))
+                pending.append((start, len(raw), *texts))
                 if len(pending) >= _BATCH:
                     flush()
             flush()
@@ -129,15 +129,20 @@ class JsonlTaskDataset:
             warnings.warn(f"{self.path}: skipped {self.num_invalid} lines without a "
                           f"{self.prompt_key!r} string or an answer", stacklevel=3)
         if not offsets:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
-        return np.concatenate(offsets), np.concatenate(lengths)
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.int32)
+        return np.concatenate(offsets), np.concatenate(line_bytes), np.concatenate(lengths)
 
     # ------------------------------------------------------------------ reading
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handle"] = None
-        state["_handle_pid"] = None
+        state["_fd"] = None
+        state["_fd_pid"] = None
         return state
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -153,10 +158,11 @@ class JsonlTaskDataset:
 
     def permutation(self, epoch: int) -> np.ndarray:
         """Order of the kept examples in pass ``epoch`` (seeded by ``(seed, epoch)``)."""
-        if self._perm_epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.offsets))
-            self._perm_epoch = epoch
-        return self._perm
+        cached_epoch, perm = self._perm
+        if cached_epoch != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.offsets))
+            self._perm = (epoch, perm)
+        return perm
 
     def example_index(self, i: int) -> int:
         """Which kept example global index ``i`` is."""
@@ -164,11 +170,11 @@ class JsonlTaskDataset:
         return int(self.permutation(i // n)[i % n])
 
     def _read_line(self, example: int) -> bytes:
-        if self._handle is None or self._handle_pid != os.getpid():
-            self._handle = open(self.path, "rb")
-            self._handle_pid = os.getpid()
-        self._handle.seek(int(self.offsets[example]))
-        return self._handle.readline()
+        # pread has no shared file position, so prefetch threads may read concurrently.
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._fd_pid = os.getpid()
+        return os.pread(self._fd, int(self.line_bytes[example]), int(self.offsets[example]))
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
