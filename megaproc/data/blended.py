@@ -248,8 +248,9 @@ class BlendedDataset:
         tokens = [mean_tokens_per_sample(d) for d in datasets] if by == "tokens" else None
         self.weights = sample_weights(weights, tokens)
         arrays = self._build_or_load(cache_dir)
-        self.dataset_index = arrays["dataset_index"]
-        self.dataset_sample_index = arrays["dataset_sample_index"]
+        # Plain ndarray views (element access on np.memmap is slower).
+        self.dataset_index = np.asarray(arrays["dataset_index"])
+        self.dataset_sample_index = np.asarray(arrays["dataset_sample_index"])
 
     def _build(self) -> dict[str, np.ndarray]:
         index = interleave(self.weights, self.size)

@@ -113,7 +113,12 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
     train_ranges, valid_ranges = [None] * len(train_indexed), []
     valid_fraction = float(_field(data_cfg, "valid_fraction", 0.0) or 0.0)
     if not valid_sources and valid_fraction > 0:
-        splits = [split_documents(ix.num_documents, valid_fraction) for ix in train_indexed]
+        splits = []
+        for ix in train_indexed:
+            try:
+                splits.append(split_documents(ix.num_documents, valid_fraction))
+            except ValueError as exc:
+                raise ValueError(f"data.valid_fraction: {ix.path_prefix}: {exc}") from None
         train_ranges = [s[0] for s in splits]
         valid_ranges = [s[1] for s in splits]
 

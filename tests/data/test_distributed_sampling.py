@@ -169,6 +169,10 @@ def test_builder_errors_name_the_problem(tmp_path, tokenizer):
     cfg["mixin"] = str(tmp_path / "absent.jsonl")
     with pytest.raises(FileNotFoundError, match="absent.jsonl"):
         _build(cfg, tokenizer, 10)
+    write_indexed(tmp_path / "onedoc", [np.arange(100)])
+    cfg = {"train": [str(tmp_path / "onedoc")], "valid_fraction": 0.5}
+    with pytest.raises(ValueError, match="onedoc"):
+        _build(cfg, tokenizer, 10)
     cfg = _make_data(str(tmp_path))
     cfg["blend_by"] = "bytes"
     with pytest.raises(ValueError, match="blend_by"):
