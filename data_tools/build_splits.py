@@ -32,6 +32,7 @@ from megaproc.data.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGene
 SPLITS = ("eval", "test", "mixin")
 SPLIT_STREAM_ID = 1          # held-out splits never share the training stream (stream_id 0)
 CHUNK_SIZE = 256             # indices per worker task
+MAX_STALL = 100_000          # give up after this many indices without a new unique prompt
 META_FORMAT_VERSION = 1
 
 
@@ -99,8 +100,9 @@ def _init_worker(*settings) -> None:
     _GENERATOR = _make_generator(*settings, quiet=True)
 
 
-def _generate_chunk(first_index: int, generator: GraphSearchGenerator | None = None) -> list:
-    """``(index, prompt sha1, lookahead, json line)`` for the accepted indices of one chunk."""
+def _generate_chunk(first_index: int, generator: GraphSearchGenerator | None = None) -> tuple:
+    """``(first_index, items)`` with one ``(index, prompt sha1, lookahead, json line)`` item per
+    accepted index of the chunk."""
     generator = generator or _GENERATOR
     stage = generator.num_stages
     out = []
@@ -111,7 +113,7 @@ def _generate_chunk(first_index: int, generator: GraphSearchGenerator | None = N
         digest = hashlib.sha1(example.prompt.encode("utf-8")).digest()
         line = json.dumps(example.to_json(), ensure_ascii=False, separators=(",", ":"))
         out.append((index, digest, example.lookahead, line))
-    return out
+    return first_index, out
 
 
 def _chunks(generator, workers: int, settings: tuple):
@@ -142,11 +144,13 @@ def _sha256(path: str) -> str:
 def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 64, seed: int = 12345,
                  eval_size: int = 2000, test_size: int = 5000, mixin_size: int = 50000,
                  symbolic: bool = False, workers: int = 1, overwrite: bool = False,
-                 progress: bool = True) -> str:
+                 progress: bool = True, max_stall: int = MAX_STALL) -> str:
     """Write the three splits and ``meta.json``; returns the split directory.
 
     Raises ``FileExistsError`` if a split directory is already there and ``overwrite`` is
-    false, ``ValueError`` on bad parameters.
+    false, ``ValueError`` on bad parameters, and ``RuntimeError`` (leaving nothing behind) if
+    ``max_stall`` consecutive indices bring no new unique prompt, i.e. the task at this input
+    size has too few distinct examples for the requested sizes.
     """
     args = argparse.Namespace(max_input_size=max_input_size, max_lookahead=max_lookahead, seed=seed,
                               eval_size=eval_size, test_size=test_size, mixin_size=mixin_size,
@@ -179,7 +183,13 @@ def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 6
     chunks = _chunks(generator, workers, settings)
     try:
         while written < total:
-            for index, digest, lookahead, line in next(chunks):
+            first, chunk = next(chunks)
+            if first + CHUNK_SIZE - consumed > max_stall:
+                raise RuntimeError(
+                    f"only {written} distinct examples found for {total} requested: no new prompt "
+                    f"in {max_stall} indices (too few distinct graphs at max_input_size={max_input_size}"
+                    f"{', symbolic' if symbolic else ''}); request smaller splits")
+            for index, digest, lookahead, line in chunk:
                 if digest in seen:
                     duplicates += 1
                     continue
@@ -246,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         split_dir = build_splits(args.out_dir, args.max_input_size, args.max_lookahead, args.seed,
                                  args.eval_size, args.test_size, args.mixin_size, args.symbolic,
                                  args.workers, args.overwrite, progress=not args.no_progress)
-    except (ValueError, FileExistsError, OSError) as error:
+    except (ValueError, FileExistsError, RuntimeError, OSError) as error:
         parser.error(str(error))
     with open(os.path.join(split_dir, "meta.json"), encoding="utf-8") as f:
         counts = json.load(f)["counts"]

@@ -97,12 +97,25 @@ def test_every_valid_answer_is_an_output_text():
     assert found_multi
 
 
+class ScriptedRandom:
+    """``random()`` returns the scripted values first, then those of a real generator."""
+
+    def __init__(self, scripted, seed=0):
+        self.scripted = list(scripted)
+        self.fallback = random.Random(seed)
+
+    def random(self):
+        return self.scripted.pop(0) if self.scripted else self.fallback.random()
+
+
 def test_random_attributes_are_distinct_two_syllable_words():
-    rng = random.Random(1)
-    words = random_attributes(rng, 2000)
+    words = random_attributes(random.Random(1), 2000)
     assert len(set(words)) == 2000
     assert all(re.fullmatch(r"[a-z]{4,6}", w) for w in words)
     assert not set(words) & RESERVED_WORDS
+    # the first 50 draws would all give the same word: duplicates must be redrawn
+    forced = random_attributes(ScriptedRandom([0.5] * 100), 50)
+    assert len(set(forced)) == 50
 
 
 def test_names_vary_between_examples():
