@@ -29,7 +29,7 @@ TEXTS = "texts"  # items: str or None per row; first = 0-based row number
 FILES = "files"  # items: (path, bytes) per document
 
 HF_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-DEFAULT_MAX_CHUNK_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -122,7 +122,10 @@ def _read_parquet(path: str, key: str, chunk_size: int) -> Iterator[RawChunk]:
 def _load_hf_dataset(path: str):
     import datasets
 
-    loaded = datasets.load_from_disk(path)
+    try:
+        loaded = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        raise DataToolError(f"{path}: cannot load the save_to_disk dataset ({type(exc).__name__}: {exc})") from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded.keys())
         if len(splits) != 1:

@@ -137,6 +137,16 @@ def _from_hub_cache(name: str) -> str | None:
 def load_tokenizer(spec: str) -> Tokenizer:
     """Load the tokenizer named by ``spec`` (see module docstring); DataToolError if impossible."""
     spec = os.fspath(spec)
+    try:
+        return _load(spec)
+    except DataToolError:
+        raise
+    except Exception as exc:  # tokenizers / sentencepiece raise plain Exception or RuntimeError
+        message = " ".join(str(exc).split())[:300]
+        raise DataToolError(f"{spec}: cannot load tokenizer ({type(exc).__name__}: {message})") from None
+
+
+def _load(spec: str) -> Tokenizer:
     if os.path.isdir(spec):
         tokenizer_json = os.path.join(spec, "tokenizer.json")
         if os.path.isfile(tokenizer_json):

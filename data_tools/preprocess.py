@@ -5,7 +5,7 @@
            [--chunk-size DOCS]
 
 The main process streams the input in chunks of ``--chunk-size`` documents, keeps at most
-``2 * workers`` chunks in flight, and writes results in input order; workers decode, validate
+``4 * workers`` chunks in flight, and writes results in input order; workers decode, validate
 and tokenize.  Memory is bounded by the chunk size, never by the input size.  Output goes to
 temporary names that are renamed only after everything succeeded.
 """
@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 from data_tools._errors import DataToolError, run_cli
@@ -162,7 +163,7 @@ def run(args) -> _Totals:
                 context = multiprocessing.get_context("spawn")
                 executor = ProcessPoolExecutor(args.workers, mp_context=context, initializer=init_worker,
                                                initargs=(settings,))
-                results = _submit_in_order(executor, chunks, 2 * args.workers)
+                results = _submit_in_order(executor, chunks, 4 * args.workers)
             try:
                 for result in results:
                     _write_chunk(builder, result)
@@ -170,9 +171,14 @@ def run(args) -> _Totals:
                     progress.update(result.input_docs)
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     progress.set_postfix_str(f"{totals.nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+            except BrokenProcessPool:
+                raise DataToolError(f"{args.input}: a tokenizer worker process died (out of memory or killed)") from None
             finally:
                 if executor is not None:
                     executor.shutdown(wait=True, cancel_futures=True)
+            if totals.documents == 0:
+                skipped = ", ".join(f"{k}={v}" for k, v in sorted(totals.counts.items()) if v) or "input is empty"
+                raise DataToolError(f"{args.input}: no documents to write ({skipped})")
             meta = {
                 "format": "megaproc-indexed-v1",
                 "tokenizer": os.path.abspath(args.tokenizer) if os.path.exists(args.tokenizer) else args.tokenizer,
@@ -191,7 +197,7 @@ def run(args) -> _Totals:
                 "blank_lines": totals.counts["blank_lines"],
                 "input": {"path": os.path.abspath(args.input), "format": fmt, "json_key": args.json_key,
                           "fingerprint": input_fingerprint(args.input)},
-                "command": [PROG, *sys.argv[1:]],
+                "arguments": vars(args),
             }
             temp_meta = write_meta_temp(args.output_prefix, meta)
             try:

@@ -12,7 +12,8 @@ from megaproc.data.indexed import IndexedDataset
 from .conftest import dataset_documents, error_line, expected_ids, output_files, run_tool, write_jsonl
 
 
-def preprocess(tokenizer, source, out, *extra, workers=1):
+def preprocess(tokenizer, source, out, *extra, workers=0):
+    """Run the CLI; workers=0 tokenizes in the main process (faster to start), >0 uses the pool."""
     return run_tool("preprocess", "--input", source, "--tokenizer", tokenizer, "--output-prefix", out,
                     "--workers", workers, "--chunk-size", 7, *extra)
 
@@ -50,11 +51,13 @@ def make_input(fmt, tmp_path, texts):
     raise AssertionError(fmt)
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt_dir", "hf_disk"])
-def test_round_trip_every_input_format(tmp_path, fmt, corpus, tokenizer_dir, reference_tokenizer):
+@pytest.mark.parametrize(
+    "fmt,workers", [("jsonl", 2), ("jsonl.gz", 0), ("jsonl.zst", 0), ("parquet", 1), ("txt_dir", 0), ("hf_disk", 0)]
+)
+def test_round_trip_every_input_format(tmp_path, fmt, workers, corpus, tokenizer_dir, reference_tokenizer):
     source = make_input(fmt, tmp_path, corpus)
     out = tmp_path / "out"
-    preprocess(tokenizer_dir, source, out, "--append-eod").check_returncode()
+    preprocess(tokenizer_dir, source, out, "--append-eod", workers=workers).check_returncode()
     assert dataset_documents(out) == expected_ids(reference_tokenizer, corpus, eod=True)
     meta = json.loads((tmp_path / "out.meta.json").read_text())
     assert meta["input"]["format"] == fmt
@@ -95,7 +98,7 @@ def test_sentencepiece_model(tmp_path, corpus):
     processor = sentencepiece.SentencePieceProcessor(model_file=model)
     source = make_input("jsonl", tmp_path, corpus[:10])
     out = tmp_path / "sp_out"
-    preprocess(model, source, out, "--append-eod").check_returncode()
+    preprocess(model, source, out, "--append-eod", workers=1).check_returncode()
     expected = [ids + [processor.eos_id()] for ids in processor.encode(corpus[:10])]
     assert dataset_documents(out) == expected
     assert json.loads((tmp_path / "sp_out.meta.json").read_text())["tokenizer_type"] == "sentencepiece"
@@ -115,7 +118,7 @@ def lines_with_bad_json(corpus):
 
 def test_invalid_json_stops_with_line_number(tmp_path, corpus, tokenizer_dir):
     source = write_jsonl(tmp_path / "bad.jsonl", lines_with_bad_json(corpus))
-    proc = preprocess(tokenizer_dir, source, tmp_path / "out")
+    proc = preprocess(tokenizer_dir, source, tmp_path / "out", workers=1)  # error crosses the process pool
     assert proc.returncode != 0
     line = error_line(proc)
     assert f"{source}:4" in line and "not valid JSON" in line and "--skip-bad" in line
@@ -124,7 +127,7 @@ def test_invalid_json_stops_with_line_number(tmp_path, corpus, tokenizer_dir):
 
 def test_invalid_json_skipped_and_counted_with_skip_bad(tmp_path, corpus, tokenizer_dir, reference_tokenizer):
     source = write_jsonl(tmp_path / "bad.jsonl", lines_with_bad_json(corpus))
-    proc = preprocess(tokenizer_dir, source, tmp_path / "out", "--skip-bad")
+    proc = preprocess(tokenizer_dir, source, tmp_path / "out", "--skip-bad", workers=1)
     assert proc.returncode == 0, proc.stderr
     assert "1 invalid_json" in proc.stderr and f"{source}:4" in proc.stderr
     meta = json.loads((tmp_path / "out.meta.json").read_text())
@@ -222,3 +225,21 @@ def test_dtype_int32_option(tmp_path, corpus, tokenizer_dir, reference_tokenizer
     dataset = IndexedDataset(str(tmp_path / "out"))
     assert dataset.dtype == np.int32
     assert dataset_documents(tmp_path / "out") == expected_ids(reference_tokenizer, corpus[:4])
+
+
+def test_only_empty_documents_is_an_error(tmp_path, tokenizer_dir):
+    source = write_jsonl(tmp_path / "blank.jsonl", [{"text": ""}, {"text": " "}])
+    proc = preprocess(tokenizer_dir, source, tmp_path / "out")
+    assert proc.returncode != 0
+    assert "no documents to write" in error_line(proc) and "empty=2" in error_line(proc)
+    assert_no_output(tmp_path)
+
+
+def test_corrupt_tokenizer_one_line(tmp_path, corpus):
+    bad = tmp_path / "tok"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text("{not json")
+    source = make_input("jsonl", tmp_path, corpus[:2])
+    proc = preprocess(bad, source, tmp_path / "out")
+    assert proc.returncode != 0 and "cannot load tokenizer" in error_line(proc)
+    assert_no_output(tmp_path)
