@@ -164,3 +164,18 @@ def _valid_dataset(cfg, tokenizer):
     _, valid, _ = build_train_valid(data_cfg, tokenizer, cfg.train.seq_len, cfg.run.seed,
                                     cfg.train.max_steps * 8, cfg.eval.max_batches * cfg.train.micro_batch * 2)
     return valid
+
+
+def test_torchrun_runs_the_same_program_with_the_same_losses(runs):
+    import subprocess
+    import sys
+
+    from megaproc.distributed import free_port
+    from tests.launch import QUICKSTART, REPO, TRAIN, env
+
+    out = runs["tmp"] / "torchrun_zero2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), TRAIN, "--config", QUICKSTART, *settings(2, out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(out) == losses(runs[2])
