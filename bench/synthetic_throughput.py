@@ -2,7 +2,9 @@
 
 For each lookahead, times ``GraphSearchGenerator.example_at_lookahead`` over consecutive
 indices and reports accepted examples per second (rejected draws count against the rate),
-the fraction of indices whose draw was rejected, and the mean prompt length in characters.
+the fraction of indices whose draw was rejected, the graphs drawn per index (an index retries
+with a new graph until the lookahead matches) and the mean prompt length in characters.
+Rates are per CPU second of this process (``time.process_time``); wall time is also shown.
 Also reports the curriculum's final stage (lookahead uniform in 0..cap).
 
     python bench/synthetic_throughput.py [--max-input-size 384] [--lookaheads 8 32 62]
@@ -24,8 +26,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megaproc.data.synthetic.graph_search import GraphSearchGenerator  # noqa: E402
 
 
-def measure(make_example, seconds: float) -> dict:
+def count_attempts(generator: GraphSearchGenerator) -> list[int]:
+    """Wrap the generator's per-graph attempt to count graph draws (a one-item counter list)."""
+    counter = [0]
+    attempt = generator._attempt
+
+    def counted(*args):
+        counter[0] += 1
+        return attempt(*args)
+
+    generator._attempt = counted
+    return counter
+
+
+def measure(make_example, seconds: float, attempts: list[int]) -> dict:
     """Call ``make_example(index)`` for consecutive indices for about ``seconds`` of CPU time."""
+    attempts[0] = 0
     accepted = rejected = chars = 0
     index = 0
     begin = time.process_time()
@@ -46,6 +62,7 @@ def measure(make_example, seconds: float) -> dict:
         "examples_per_s": round(accepted / elapsed, 1),
         "accepted": accepted,
         "rejected_fraction": round(rejected / index, 4),
+        "graph_draws_per_index": round(attempts[0] / index, 3),
         "mean_prompt_chars": round(chars / max(accepted, 1), 1),
         "cpu_s": round(elapsed, 3),
         "wall_s": round(time.perf_counter() - wall, 3),
@@ -68,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")        # the lookahead-cap warning is expected at 64
         generator = GraphSearchGenerator(args.max_input_size, args.max_lookahead, args.seed,
                                          natural_language=not args.symbolic)
+    attempts = count_attempts(generator)
     results = {
         "benchmark": "synthetic_throughput",
         "form": "symbolic" if args.symbolic else "natural_language",
@@ -79,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     for lookahead in args.lookaheads:
         results["by_lookahead"][str(lookahead)] = measure(
-            lambda i, L=lookahead: generator.example_at_lookahead(i, L), args.seconds)
+            lambda i, L=lookahead: generator.example_at_lookahead(i, L), args.seconds, attempts)
     final = generator.num_stages
     results["final_stage"] = {"stage": final,
                               "max_lookahead_drawn": generator.max_lookahead_for_stage(final),
-                              **measure(lambda i: generator.example(i, final), args.seconds)}
+                              **measure(lambda i: generator.example(i, final), args.seconds, attempts)}
     rates = [r["examples_per_s"] for r in results["by_lookahead"].values()]
     results["min_examples_per_s_per_core"] = min(rates) if rates else None
     print(json.dumps(results, indent=2))

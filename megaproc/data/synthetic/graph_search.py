@@ -29,8 +29,8 @@ Answers and lookahead
     The path so far is a prefix ``path[:j]`` of a shortest ``start -> goal`` path, drawn
     uniformly among all shortest paths.  The answer set at position ``j`` is every child of
     ``path[j-1]`` from which the goal is still reachable (usually one vertex, sometimes
-    several; all of them go to ``output_texts``; ``answers[0]`` is the next vertex of the
-    sampled shortest path).  The example's lookahead is the number of breadth-first steps,
+    several; all of them go to ``output_texts``, in the order of ``answers``: first the next
+    vertex of the sampled shortest path, then the others by id).  The example's lookahead is the number of breadth-first steps,
     starting from the children of ``path[j-1]``, until the goal is in the frontier or every
     frontier vertex descends from a correct child (see :func:`lookahead_depth`).  An attempt
     is kept only if that number equals the requested ``L``; otherwise the example draws a new
@@ -358,7 +358,7 @@ class GraphSearchGenerator:
     def requested_lookahead(self, index: int, stage: int) -> int:
         """The lookahead that ``example(index, stage)`` asks for (uniform in 0..max_L(stage))."""
         limit = self.max_lookahead_for_stage(stage)
-        return int(self._rng(_MODE_STAGE, stage, int(index)).random() * (limit + 1))
+        return int(self._rng(_MODE_STAGE, int(stage), int(index)).random() * (limit + 1))
 
     def example(self, index: int, stage: int) -> GraphExample | None:
         """Example ``index`` at curriculum ``stage``, or ``None`` if its draw is rejected."""
@@ -415,7 +415,7 @@ class GraphSearchGenerator:
                                        for v in kids])
         start, goal_id = ids[0], ids[goal]
         path_ids = [ids[v] for v in path]
-        answer_ids = [ids[v] for v in answers]
+        answer_ids = [ids[answers[0]]] + sorted(ids[v] for v in answers[1:])
         example = GraphExample(prompt="", output_texts=[], lookahead=lookahead, edges=edges,
                                start=start, goal=goal_id, path=path_ids, answers=answer_ids)
         if self.natural_language:
