@@ -6,7 +6,8 @@ Measures, in fresh subprocesses so peak memory is per measurement:
   indexed file generated here (default 50k documents, ~20M tokens);
 - index build time and peak RSS for a 20-million-document ``.idx`` (sparse ``.bin``), and the
   cache-hit load time of the same dataset;
-- the same for megatron-core's GPTDataset, run with the interpreter of a separate venv
+- time to assign 10M blended samples to sources (exact vectorised rule vs the plain loop);
+- the same GPTDataset measurements for megatron-core's GPTDataset, run with the interpreter of a separate venv
   (``--megatron-venv``, default ``/tmp/mc_venv``; created with ``--system-site-packages`` and
   ``pip install --no-deps megatron-core`` when ``--setup-megatron`` is given).  megatron-core
   is never imported by megaproc; when it cannot run, the JSON says
@@ -168,6 +169,22 @@ def child_ours(args) -> dict:
     return {"getitem_samples_per_s": args.count / (time.perf_counter() - t0)}
 
 
+def blend_timing(samples: int) -> dict:
+    """Time the exact vectorised blend assignment against the plain loop (on 1M samples)."""
+    from megaproc.data.blended import interleave, interleave_reference
+
+    out = {"samples": samples}
+    for name, weights in (("0.95/0.05", [0.95, 0.05]), ("0.5/0.3/0.2", [0.5, 0.3, 0.2])):
+        t0 = time.perf_counter()
+        interleave(weights, samples)
+        fast = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        interleave_reference(weights, 1_000_000)
+        loop_per_million = time.perf_counter() - t0
+        out[name] = {"vectorised_s": fast, "plain_loop_s_estimate": loop_per_million * samples / 1e6}
+    return out
+
+
 def run_json(cmd: list[str], timeout: int = 1800) -> dict:
     """Run ``cmd`` and parse the last stdout line as JSON (raises with stderr on failure)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -243,6 +260,7 @@ def main() -> None:
     parser.add_argument("--setup-megatron", action="store_true", help="create the venv / install megatron-core")
     parser.add_argument("--skip-megatron", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement (best is kept)")
+    parser.add_argument("--blend-samples", type=int, default=10_000_000, help="size of the timed blend")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -306,6 +324,7 @@ def main() -> None:
         key = f"random_access_seq{seq_len}"
         mine[key], theirs[key] = measure("access", small, seq_len, key, count)
     mine["index_20m_docs"], theirs["index_20m_docs"] = measure("build", big, BIG_SEQ_LEN, "big")
+    mine["blend_index"] = blend_timing(args.blend_samples)
     result["megaproc"] = mine
     if theirs_error is not None:
         result["megatron"] = f"unavailable: {theirs_error}"
