@@ -40,6 +40,20 @@ def _answer_text(record: dict, answer_key: str | None):
     return None
 
 
+def _private_backend(tokenizer):
+    """An independent copy of ``tokenizer``'s Rust backend (no truncation or padding), or
+    False when it has none."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 class JsonlTaskDataset:
     """Tokenized prompt/answer examples; items are ``{"tokens", "answer_mask", "length"}``.
 
@@ -64,6 +78,7 @@ class JsonlTaskDataset:
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
         self._specials = int(self.bos_id is not None) + int(self.eos_id is not None)
+        self._backend = None
         self.num_dropped = 0
         self.num_invalid = 0
         self.offsets, self.line_bytes, self.lengths = self._scan()
@@ -88,7 +103,17 @@ class JsonlTaskDataset:
         return prompt, answer
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        """Token ids of each text, without special tokens.
+
+        Uses a private copy of the fast tokenizer's Rust backend: calling the shared HF
+        tokenizer re-configures its backend on every call, which fails ("Already borrowed")
+        when a prefetch thread and the main thread tokenize at the same time.
+        """
+        if self._backend is None:
+            self._backend = _private_backend(self.tokenizer)
+        if self._backend is False:
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
 
     def _scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self.seq_len + 1
@@ -138,6 +163,7 @@ class JsonlTaskDataset:
         state = self.__dict__.copy()
         state["_fd"] = None
         state["_fd_pid"] = None
+        state["_backend"] = None
         return state
 
     def __del__(self):

@@ -115,3 +115,17 @@ def test_indexed_prefix_mixin(tmp_path, tokenizer):
     assert names == ["corpus", "mixin"] and valid is None
     assert train.source_counts(100) == [75, 25]
     assert len(train[3]["tokens"]) == 17
+
+
+def test_concurrent_reads_from_prefetch_threads(tmp_path, tokenizer):
+    # The trainer's loader prefetches on a thread while the main thread may also read.
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write_jsonl(tmp_path / "mixin.jsonl", graph_records(40))
+    ds = JsonlTaskDataset(path, tokenizer, seq_len=64, num_samples=400)
+    expected = [JsonlTaskDataset(path, tokenizer, seq_len=64)[i % 40]["tokens"] for i in range(40)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: ds[i]["tokens"], range(400)))
+    for i in range(40):
+        np.testing.assert_array_equal(results[i], expected[i])
+    assert all(len(r) == ds.lengths[ds.example_index(i)] for i, r in enumerate(results))
