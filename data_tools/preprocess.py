@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip and count invalid JSON / missing key / non-UTF-8 records instead of stopping")
     parser.add_argument("--chunk-size", type=int, default=512, help="documents per work unit (default: 512)")
+    parser.add_argument("--threads-per-worker", type=int, default=0,
+                        help="tokenizer threads inside each worker (default 0: CPU count // workers, at least 1)")
     parser.add_argument("--dtype", choices=["auto", "uint16", "int32"], default="auto",
                         help="token dtype (default: uint16 if vocab < 65500 else int32)")
     return parser
@@ -147,7 +149,7 @@ def run(args) -> _Totals:
     cpus = os.cpu_count() or 1
     settings = WorkerSettings(
         tokenizer=args.tokenizer, json_key=args.json_key, skip_bad=args.skip_bad, dtype=str(dtype),
-        bos_id=bos_id, eod_id=eod_id, threads=max(1, cpus // max(1, args.workers)),
+        bos_id=bos_id, eod_id=eod_id, threads=args.threads_per_worker or max(1, cpus // max(1, args.workers)),
     )
     totals = _Totals()
     start = time.perf_counter()
