@@ -32,7 +32,8 @@ from megaproc import distributed as dist_utils
 STATE_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Keys whose change makes a resume invalid (the run would silently become another experiment).
-RESUME_CRITICAL = ("train.micro_batch", "train.grad_accum", "world_size", "train.seq_len")
+RESUME_CRITICAL = ("train.micro_batch", "train.grad_accum", "world_size", "train.seq_len",
+                   "data_fingerprint")
 
 
 class ResumeError(RuntimeError):
@@ -193,7 +194,7 @@ def check_resume_compatible(saved: dict, current: dict) -> list[str]:
                for key in RESUME_CRITICAL
                if saved["geometry"].get(key) != current["geometry"].get(key)]
     if changed:
-        raise ResumeError("cannot resume: batch settings changed since the checkpoint ("
+        raise ResumeError("cannot resume: batch settings or data changed since the checkpoint ("
                           + "; ".join(changed) + "); use the original settings or a new run.out_dir")
     old, new = saved.get("config", {}), current.get("config", {})
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

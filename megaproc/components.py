@@ -124,6 +124,30 @@ def build_data(trainer):
     return source, valid, names
 
 
+def data_fingerprint(cfg: Config) -> str:
+    """Identity of the run's data (prefix contents, weights, mixin) for resume checks."""
+    import hashlib
+    import os
+
+    from megaproc.data.build import parse_sources
+    from megaproc.data.indexed import IndexedDataset, content_fingerprint
+
+    data_cfg = _default_data_config(cfg) if uses_default_corpus(cfg) else cfg.data
+    parts = [data_cfg.blend_by, str(data_cfg.valid_fraction), str(data_cfg.mixin_percent)]
+    for key in ("train", "valid"):
+        for prefix, weight in parse_sources(getattr(data_cfg, key), f"data.{key}"):
+            content = (IndexedDataset(prefix).content_fingerprint()
+                       if IndexedDataset.exists(prefix) else "missing")
+            parts.append(f"{key}:{content}:{weight}")
+    mixin = data_cfg.mixin
+    if mixin:
+        if os.path.isfile(mixin):
+            parts.append("mixin:" + content_fingerprint(mixin))
+        elif IndexedDataset.exists(mixin):
+            parts.append("mixin:" + IndexedDataset(mixin).content_fingerprint())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def build_hooks(trainer) -> list:
     """The hooks, in the order they run.
 

@@ -44,7 +44,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, extra_hooks: list[Hook] | None = None):
         from megaproc.components import (build_data, build_hooks, build_model_for_run,
-                                          load_run_tokenizer)
+                                          data_fingerprint, load_run_tokenizer)
 
         self.cfg = cfg
         self.run_dir = Path(cfg.run.out_dir)
@@ -58,18 +58,19 @@ class Trainer:
         self.config_dict = to_dict(cfg)
 
         resume_from = self._find_resume()
-        if resume_from is not None:  # refuse a bad resume before anything heavy is built
+        self.tokenizer = load_run_tokenizer(cfg)
+        self.data_fingerprint = data_fingerprint(cfg)
+        if resume_from is not None:  # refuse a bad resume before the run dir or engine is touched
             self._check_resume(resume_from)
+        self.source, self.valid_dataset, self.source_names = build_data(self)
         self._prepare_run_dir(resume_from)
         seed_everything(cfg.run.seed)
-        self.tokenizer = load_run_tokenizer(cfg)
         self.ds_config = build_ds_config(cfg, self.world_size)
         model = build_model_for_run(cfg, self.tokenizer, self.ds_config)
         self.hf_config = model.config
         self.engine = build_engine(cfg, model, self.ds_config)
         # Dropout streams differ per rank; resumes restore them from the checkpoint.
         seed_everything(cfg.run.seed + 1000003 * (self.rank + 1))
-        self.source, self.valid_dataset, self.source_names = build_data(self)
         self.meter = LossMeter(len(self.source_names), self.device)
         self.hooks: list[Hook] = build_hooks(self) + list(extra_hooks or [])
         if resume_from is not None:
@@ -218,7 +219,8 @@ class Trainer:
         """Batch settings a resume must keep."""
         t = self.cfg.train
         return {"train.micro_batch": t.micro_batch, "train.grad_accum": t.grad_accum,
-                "world_size": self.world_size, "train.seq_len": t.seq_len}
+                "world_size": self.world_size, "train.seq_len": t.seq_len,
+                "data_fingerprint": self.data_fingerprint}
 
     def trainer_state(self) -> dict:
         """Everything besides the engine that a resume needs."""

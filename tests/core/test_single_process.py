@@ -70,3 +70,18 @@ def test_fresh_start_refuses_to_overwrite_a_run(tmp_path):
     proc = run(1, FAST + [f"run.out_dir={out}", "train.max_steps=4", "checkpoint.resume=none"])
     assert "already holds checkpoints" in _one_error_line(proc)
     assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == before
+
+
+def test_resume_on_changed_data_is_refused(tmp_path):
+    mixin = tmp_path / "mixin.jsonl"
+    rows = [{"prompt": f"Alex is {i}. Alex is", "output_texts": [f" x{i}."]} for i in range(50)]
+    mixin.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    common = FAST + [f"run.out_dir={out}", f"data.mixin={mixin}", "data.mixin_percent=0.1"]
+    assert run(1, common + ["train.max_steps=2"]).returncode == 0
+    rows[0]["prompt"] = "Bob is 0. Bob is"
+    mixin.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
+    proc = run(1, common + ["train.max_steps=4"])
+    assert "data_fingerprint" in _one_error_line(proc)
+    assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == before
