@@ -19,6 +19,7 @@ forwards stay in lock step; the sums are all-reduced.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.data.synthetic import load_split
 from megaproc.task.correctness import answer_token_loss, teacher_forced_correct
 from megaproc.task.encoding import TaskEncoder, collate_task
 
@@ -43,12 +43,20 @@ def load_eval_records(path: str, max_examples: int = 0, seed: int | None = None)
     """Records of a split file, optionally a seeded random subset (``seed``) or the first N."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"split file not found: {path}")
-    records = load_split(path)
-    for line, record in enumerate(records, start=1):
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or \
-                not isinstance(record.get("output_texts"), list) or not record["output_texts"]:
-            raise ValueError(f"{path}:{line}: expected an object with 'prompt' and a non-empty "
-                             "'output_texts' list")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or \
+                    not isinstance(record.get("output_texts"), list) or not record["output_texts"]:
+                raise ValueError(f"{path}:{line_no}: expected an object with 'prompt' and a "
+                                 "non-empty 'output_texts' list")
+            records.append(record)
     if max_examples and seed is not None:
         return eval_subset(records, max_examples, seed)
     return records[:max_examples] if max_examples else records
