@@ -21,31 +21,46 @@ import torch.nn.functional as F  # noqa: E402
 
 from megaproc import distributed as dist_utils  # noqa: E402
 from megaproc.config import load_config  # noqa: E402
+from megaproc.hooks.base import Hook  # noqa: E402
 
 
 def bench_config(args, out_dir: str):
     return load_config(None, [
         f"run.out_dir={out_dir}", f"model.name={args.model}", f"train.seq_len={args.seq_len}",
         f"train.micro_batch={args.micro_batch}", f"train.grad_accum={args.grad_accum}",
-        f"train.max_steps={args.warmup + args.steps}", "log.log_every=1", "log.progress=false",
+        f"train.max_steps={args.warmup + args.steps}", "log.log_every=10", "log.progress=false",
         "eval.every=0", "eval.at_end=false", "checkpoint.save_every=0", "checkpoint.save_final=false",
         "checkpoint.resume=none", f"deepspeed.config=ds_configs/zero{args.zero}.json",
         "schedule.kind=constant"])
 
 
+class StepTimer(Hook):
+    """Wall time between the end of the warm-up steps and the last step (all ranks in step)."""
+
+    name = "bench_timer"
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = 0.0
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if trainer.step in (self.warmup, self.warmup + self.steps):
+            dist_utils.barrier()
+            now = time.perf_counter()
+            if trainer.step == self.warmup:
+                self.start = now
+            else:
+                self.end = now
+
+
 def run_megaproc(args) -> float:
     from megaproc.trainer import Trainer
 
-    out = tempfile.mkdtemp(prefix="bench_megaproc_")
-    trainer = Trainer(bench_config(args, out))
+    timer = StepTimer(args.warmup, args.steps)
+    trainer = Trainer(bench_config(args, tempfile.mkdtemp(prefix="bench_megaproc_")), extra_hooks=[timer])
     trainer.train()
-    if not dist_utils.is_main():
-        return 0.0
-    records = [json.loads(line) for line in open(os.path.join(out, "logs", "train.jsonl"))]
-    pairs = list(zip(records[args.warmup - 1:], records[args.warmup:]))  # (previous, timed step)
-    tokens = sum(rec["tokens"] - prev["tokens"] for prev, rec in pairs)
-    seconds = sum((rec["tokens"] - prev["tokens"]) / rec["tokens_per_s"] for prev, rec in pairs)
-    return tokens / seconds
+    tokens = args.steps * args.grad_accum * args.micro_batch * args.seq_len * dist_utils.world_size()
+    return tokens / (timer.end - timer.start)
 
 
 def _batches(cfg, tokenizer):

@@ -93,22 +93,21 @@ class LoggingHook(Hook):
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
                                       refresh=False)
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tensorboard is not None:
-            for key, value in scalars.items():
-                self.tensorboard.add_scalar(f"train/{key}", value, metrics["step"])
-        if self.wandb_run is not None:
-            self.wandb_run.log({f"train/{k}": v for k, v in scalars.items()}, step=metrics["step"])
+        self._emit_scalars("train", metrics)
 
     def on_eval(self, trainer, metrics: dict) -> None:
-        if not dist_utils.is_main():
-            return
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        if dist_utils.is_main():
+            self._emit_scalars("eval", metrics)
+
+    def _emit_scalars(self, group: str, metrics: dict) -> None:
+        """Send the numeric entries of ``metrics`` to TensorBoard and wandb, when enabled."""
+        scalars = {f"{group}/{k}": v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and k != "step"}
         if self.tensorboard is not None:
             for key, value in scalars.items():
-                self.tensorboard.add_scalar(f"eval/{key}", value, metrics["step"])
+                self.tensorboard.add_scalar(key, value, metrics["step"])
         if self.wandb_run is not None:
-            self.wandb_run.log({f"eval/{k}": v for k, v in scalars.items()}, step=metrics["step"])
+            self.wandb_run.log(scalars, step=metrics["step"])
 
     def on_train_end(self, trainer) -> None:
         if self.progress is not None:
