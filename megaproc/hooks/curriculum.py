@@ -39,7 +39,7 @@ import torch
 from megaproc import distributed as dist_utils
 from megaproc.hooks.base import Hook
 from megaproc.hooks.task_eval import HeldoutLog, build_heldout_evaluator
-from megaproc.task.correctness import teacher_forced_correct
+from megaproc.task.correctness import teacher_forced_correct, word_continuation_table
 
 
 def gather_flags(local: torch.Tensor) -> list[int]:
@@ -59,7 +59,8 @@ class CurriculumHook(Hook):
 
     def __init__(self, max_stage: int, curr_window: int = 200, curr_check_every: int = 10,
                  curr_threshold: float = 0.98, start_stage: int = 1, source=None,
-                 heldout: HeldoutLog | None = None, log=None):
+                 heldout: HeldoutLog | None = None, continues_word: torch.Tensor | None = None,
+                 log=None):
         self.max_stage = int(max_stage)
         self.check_every = int(curr_check_every)
         self.threshold = float(curr_threshold)
@@ -68,6 +69,7 @@ class CurriculumHook(Hook):
         self.completed = False
         self.source = source
         self.heldout = heldout
+        self.continues_word = continues_word
         self.log = log or (lambda message: None)
 
     @classmethod
@@ -80,9 +82,10 @@ class CurriculumHook(Hook):
         heldout = HeldoutLog(build_heldout_evaluator(trainer), Path(trainer.cfg.run.out_dir))
         if heldout.evaluator is None:
             log("[megaproc] warning: task.splits_dir is not set: no held-out evaluation")
+        continues_word = word_continuation_table(trainer.tokenizer, trainer.hf_config.vocab_size)
         return cls(task.max_lookahead, curr.curr_window, curr.curr_check_every,
                    curr.curr_threshold, curr.start_stage, source=trainer.source,
-                   heldout=heldout, log=log)
+                   heldout=heldout, continues_word=continues_word.to(trainer.device), log=log)
 
     # ------------------------------------------------------------------ window logic
     @property
@@ -144,7 +147,8 @@ class CurriculumHook(Hook):
 
     def on_loss(self, trainer, batch, logits, per_token_loss, loss):
         labels = batch["labels"].to(logits.device)
-        self.record(teacher_forced_correct(logits.detach(), labels, batch["word_mask"]))
+        self.record(teacher_forced_correct(logits.detach(), labels, batch["word_mask"],
+                                           batch["boundary_mask"], self.continues_word))
         return loss
 
     def on_step_end(self, trainer, metrics: dict) -> None:

@@ -1,4 +1,4 @@
-"""Answer correctness: does greedy decoding produce one of the example's ``output_texts``?
+"""Answer correctness: is the greedy answer one of the example's ``output_texts``, as a full word?
 
 The one fact everything here rests on
     Greedy decoding from ``prompt`` produces the token sequence ``t = ids(answer)`` exactly
@@ -9,13 +9,16 @@ The one fact everything here rests on
     batch of such checks costs exactly one forward per answer (every rank runs the same
     forwards, which ZeRO-3 needs, and the curriculum reuses the training forward itself).
 
-What counts as the answer ("full word")
-    The compared tokens are the answer's tokens (``word_mask``, see
-    :mod:`megaproc.task.encoding`): for natural-language examples ``" <attribute>."`` — the
-    trailing period closes the word, so a prediction that only starts like the attribute is
-    wrong; for answers ending in a letter or digit the eos after them is compared too.
-    Comparison is on the canonical tokenization of the answer text (the one the model is
-    trained on); a decoding that spells the same text with other tokens counts as wrong.
+Full word
+    The answer's tokens (``word_mask``) must all be predicted.  If the answer text ends in a
+    word character (letter, digit, ``_``; e.g. the symbolic answer ``" 12"``), the greedy
+    token after it (``boundary_mask``, the eos position of the training sample) must not
+    continue the word: a token whose text starts with a word character (``"3"`` -> ``" 123"``)
+    makes the prediction wrong; eos, a space-led token or punctuation end the word.
+    Natural-language answers (``" <attribute>."``) end with the period, which closes the word.
+    This is exactly :func:`text_matches_answer` applied to the greedy continuation, with one
+    caveat: the answer must be produced in its canonical tokenization (the one trained on);
+    spelling the same text with other tokens counts as wrong.
 
 Several valid answers (``len(output_texts) > 1``)
     * Training examples are trained on ``output_texts[0]`` (the next vertex of the sampled
@@ -23,12 +26,11 @@ Several valid answers (``len(output_texts) > 1``)
       forward only shows the model's greedy choices along that answer, so a training example
       counts as correct when the greedy prediction is ``output_texts[0]``; predicting another
       valid answer counts as wrong in the curriculum window.  This is conservative (it can
-      only delay an advance) and rare: the generator yields several answers for well under
-      1% of examples.
+      only delay an advance) and rare: the generator gives several answers only when two
+      children of the current vertex both lie on shortest paths to the goal.
     * Held-out evaluation (:mod:`megaproc.task.heldout`, ``python -m megaproc.evaluate``)
       checks every valid answer — one teacher-forced row per answer — and counts the example
-      as correct when the greedy prediction equals any of them (at most one can match,
-      because greedy decoding is deterministic and no answer is a token-prefix of another).
+      as correct when the greedy prediction equals any of them.
 """
 
 from __future__ import annotations
@@ -37,20 +39,44 @@ import torch
 import torch.nn.functional as F
 
 from megaproc.data.batch import IGNORE_INDEX
+from megaproc.task.encoding import is_word_character
 
 
-def teacher_forced_correct(logits: torch.Tensor, labels: torch.Tensor,
-                           word_mask: torch.Tensor) -> torch.Tensor:
-    """Per-row bool [B]: greedy prediction equals the label at every ``word_mask`` position.
+def word_continuation_table(tokenizer, vocab_size: int | None = None) -> torch.Tensor:
+    """Bool [V]: True for tokens whose text starts with a word character (they extend a word).
 
-    ``logits`` [B, T, V] come from the teacher-forced forward, ``labels`` [B, T] are the next
-    tokens and ``word_mask`` [B, T] marks the answer tokens.  Rows without any answer token
-    are False.
+    Special tokens (eos, pad, ...) and ids beyond the tokenizer's vocabulary are False.
+    """
+    size = max(len(tokenizer), int(vocab_size or 0))
+    table = torch.zeros(size, dtype=torch.bool)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    for token_id, text in enumerate(texts):
+        table[token_id] = token_id not in special and bool(text) and is_word_character(text[0])
+    return table
+
+
+def teacher_forced_correct(logits: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
+                           boundary_mask: torch.Tensor | None = None,
+                           continues_word: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row bool [B]: the greedy prediction is the full answer word.
+
+    ``logits`` [B, T, V] come from the teacher-forced forward and ``labels`` [B, T] are the
+    next tokens.  Every ``word_mask`` position must predict its label; at a ``boundary_mask``
+    position the prediction must not be a word-continuing token (``continues_word`` [V], see
+    :func:`word_continuation_table`; without it the boundary is not checked).  Rows without
+    answer tokens are False.
     """
     word_mask = word_mask.to(labels.device).bool() & (labels != IGNORE_INDEX)
     predicted = logits.argmax(dim=-1)
-    wrong = (predicted != labels) & word_mask
-    return word_mask.any(dim=1) & ~wrong.any(dim=1)
+    wrong = ((predicted != labels) & word_mask).any(dim=1)
+    if boundary_mask is not None and continues_word is not None:
+        table = continues_word.to(predicted.device).bool()
+        if table.numel() < logits.size(-1):  # ids past the tokenizer never extend a word
+            table = torch.cat([table, table.new_zeros(logits.size(-1) - table.numel())])
+        extends = table[predicted]
+        wrong |= (extends & boundary_mask.to(predicted.device).bool()).any(dim=1)
+    return word_mask.any(dim=1) & ~wrong
 
 
 def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -64,14 +90,14 @@ def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def text_matches_answer(decoded: str, answer: str) -> bool:
-    """True when ``decoded`` text starts with the full word ``answer``.
+    """True when the text ``decoded`` starts with the full word ``answer``.
 
-    The character after the answer (if any) must not continue a word: ``" 12"`` does not
-    match ``" 123"``.  Answers ending in punctuation (``" wumpy."``) match any continuation.
-    Used to check free-running generations (tests, analysis) against ``output_texts``.
+    The character after the answer (if any) must not continue a word when the answer ends in
+    a word character: ``" 12"`` matches ``" 12."`` and ``" 12 5"`` but not ``" 123"``.  Used to
+    check free-running generations (tests, analysis) against ``output_texts``.
     """
     if not answer or not decoded.startswith(answer):
         return False
-    if len(decoded) == len(answer) or not answer[-1].isalnum():
+    if len(decoded) == len(answer) or not is_word_character(answer[-1]):
         return True
-    return not decoded[len(answer)].isalnum()
+    return not is_word_character(decoded[len(answer)])

@@ -4,11 +4,14 @@ A sample is ``tokens = [bos] + ids(prompt) + ids(answer) + [eos]`` (bos/eos only
 tokenizer defines them; prompt and answer are tokenized separately, as
 :class:`megaproc.data.mixin.JsonlTaskDataset` does, so the pre-pretraining stream and the
 pretraining mixin agree token for token).  Besides the batch contract's ``answer_mask`` (the
-answer tokens and the eos: what the weighted loss up-weights) every sample carries a
-``word_mask`` marking the tokens whose greedy prediction decides correctness (see
-:mod:`megaproc.task.correctness`): the answer's tokens, plus the eos when the answer text ends
-in a letter or digit (so that a longer word, e.g. ``" 12"`` -> ``" 123"``, is not counted as
-right).  Natural-language answers end with ``"."``, which already closes the word.
+answer tokens and the eos: what the weighted loss up-weights) every sample carries the two
+masks that decide correctness (see :mod:`megaproc.task.correctness`):
+
+* ``word_mask``: the answer's tokens (the greedy prediction must equal each of them);
+* ``boundary_mask``: the position after the answer (the eos) when the answer text ends in a
+  word character (letter, digit or ``_``): the greedy prediction there must not continue the
+  word, so ``" 12"`` followed by ``"3"`` is wrong while ``" 12"`` followed by eos or ``" 5"``
+  is right.  Natural-language answers end with ``"."``, which already closes the word.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ class TaskEncoder:
         answer_mask[answer_start:] = True
         word_mask = np.zeros(len(tokens), dtype=bool)
         word_end = answer_start + len(answer_ids)
-        if tail and answer_text[-1:].isalnum():
-            word_end += 1
         word_mask[answer_start:word_end] = True
-        return {"tokens": tokens, "answer_mask": answer_mask, "word_mask": word_mask, "source": 0}
+        boundary_mask = np.zeros(len(tokens), dtype=bool)
+        if tail and ends_in_word_character(answer_text):
+            boundary_mask[word_end] = True
+        return {"tokens": tokens, "answer_mask": answer_mask, "word_mask": word_mask,
+                "boundary_mask": boundary_mask, "source": 0}
 
     def encode_pairs(self, pairs: list[tuple[str, str]]) -> list[dict]:
         """Samples for ``(prompt, answer)`` pairs (tokenized in one batch)."""
@@ -80,16 +85,28 @@ class TaskEncoder:
         return [self.sample(ids[k], ids[half + k], pairs[k][1]) for k in range(half)]
 
 
+def is_word_character(char: str) -> bool:
+    """Letters, digits and ``_`` continue a word."""
+    return char.isalnum() or char == "_"
+
+
+def ends_in_word_character(text: str) -> bool:
+    """True when a following word character would make ``text`` a longer word."""
+    return bool(text) and is_word_character(text[-1])
+
+
 def collate_task(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict:
-    """:func:`megaproc.data.batch.collate` plus ``word_mask`` [B, T] aligned with the labels.
+    """:func:`megaproc.data.batch.collate` plus ``word_mask`` and ``boundary_mask`` [B, T]
+    aligned with the labels.
 
     Without ``pad_to`` the batch is as wide as its longest sample (padding never changes the
     loss or the predictions of real positions: attention is causal and pads are ignored).
     """
     batch = collate(samples, pad_id, pad_to=pad_to)
-    word = torch.zeros_like(batch["answer_mask"])
-    for row, sample in enumerate(samples):
-        mask = np.asarray(sample["word_mask"], dtype=bool)[1:]
-        word[row, :len(mask)] = torch.from_numpy(mask)
-    batch["word_mask"] = word
+    for key in ("word_mask", "boundary_mask"):
+        out = torch.zeros_like(batch["answer_mask"])
+        for row, sample in enumerate(samples):
+            mask = np.asarray(sample[key], dtype=bool)[1:]
+            out[row, :len(mask)] = torch.from_numpy(mask)
+        batch[key] = out
     return batch

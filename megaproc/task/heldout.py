@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.task.correctness import answer_token_loss, teacher_forced_correct
+from megaproc.task.correctness import (answer_token_loss, teacher_forced_correct,
+                                       word_continuation_table)
 from megaproc.task.encoding import TaskEncoder, collate_task
 
 
@@ -68,6 +69,8 @@ class HeldoutEvaluator:
     def __init__(self, records: list[dict], tokenizer, max_tokens: int, batch_size: int = 16,
                  rank: int = 0, world_size: int = 1, pad_id: int | None = None):
         self.encoder = TaskEncoder(tokenizer)
+        self.continues_word = word_continuation_table(tokenizer)
+        self.last_correct = None   # per local example, from the latest run()
         self.batch_size = max(1, int(batch_size))
         self.pad_id = int(pad_id if pad_id is not None else (tokenizer.pad_token_id or 0))
         self.num_dropped = 0
@@ -87,7 +90,7 @@ class HeldoutEvaluator:
     def _dummy(self) -> dict:
         tokens = np.full(2, self.pad_id, dtype=np.int64)
         mask = np.zeros(2, dtype=bool)
-        return {"tokens": tokens, "answer_mask": mask, "word_mask": mask}
+        return {"tokens": tokens, "answer_mask": mask, "word_mask": mask, "boundary_mask": mask}
 
     @torch.no_grad()
     def run(self, logits_fn, device: torch.device | str = "cpu") -> dict:
@@ -105,13 +108,16 @@ class HeldoutEvaluator:
             batch = collate_task(samples, self.pad_id)
             labels = batch["labels"].to(device)
             logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            row_correct = teacher_forced_correct(logits, labels, batch["word_mask"]).cpu().numpy()
+            row_correct = teacher_forced_correct(logits, labels, batch["word_mask"],
+                                                 batch["boundary_mask"], self.continues_word)
+            row_correct = row_correct.cpu().numpy()
             sums, tokens = answer_token_loss(logits, labels, batch["word_mask"])
             for i, (example, primary, _) in enumerate(chunk):
                 correct[example] |= bool(row_correct[i])
                 if primary:
                     loss_sum += float(sums[i])
                     loss_tokens += float(tokens[i])
+        self.last_correct = correct
         totals = torch.tensor([float(correct.sum()), float(self.num_local_examples), loss_sum,
                                loss_tokens, float(self.num_dropped)], dtype=torch.float64,
                               device=device)

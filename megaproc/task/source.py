@@ -75,6 +75,10 @@ class ReservedPrompts:
     def __len__(self) -> int:
         return len(self.digests)
 
+    def fingerprint(self) -> str:
+        """Hash of the reserved set (a resume refuses a changed set: the stream would differ)."""
+        return hashlib.sha256(b"".join(sorted(self.digests))).hexdigest()[:16]
+
 
 class TaskBatchSource:
     """Micro-batches of live task examples for one rank (the trainer's batch-source interface)."""
@@ -88,6 +92,7 @@ class TaskBatchSource:
         self.world_size, self.rank = int(world_size), int(rank)
         self.pad_id, self.seq_len = int(pad_id), int(seq_len)
         self.reserved = reserved
+        self._reserved_fp = None
         self.log = log or (lambda message: None)
         self.stage = stage
         self.next_index = 0                      # committed: first index of the next step
@@ -202,7 +207,14 @@ class TaskBatchSource:
         """Stream position (generator index), stage, skip counts and consumed samples."""
         return {"next_index": self.next_index, "stage": self.stage, "consumed_samples": self.consumed,
                 "skip_counts": dict(self.skip_counts), "dropped_too_long": self.dropped_too_long,
-                "generator": self.generator.config()}
+                "generator": self.generator.config(), "reserved": self._reserved_fingerprint()}
+
+    def _reserved_fingerprint(self) -> str:
+        if self._reserved_fp is None:
+            reserved = self.reserved if isinstance(self.reserved, ReservedPrompts) else \
+                ReservedPrompts({ReservedPrompts.digest(p) for p in self.reserved})
+            self._reserved_fp = reserved.fingerprint()
+        return self._reserved_fp
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; refuses a state saved with other generator settings."""
@@ -211,6 +223,9 @@ class TaskBatchSource:
         if saved and changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise ResumeError(f"the checkpoint's task stream used other generator settings ({detail})")
+        if state.get("reserved") and state["reserved"] != self._reserved_fingerprint():
+            raise ResumeError("the checkpoint's task stream excluded other reserved prompts "
+                              "(task.splits_dir or its files changed)")
         self.stage = int(state["stage"])
         self.next_index = self._cursor = int(state["next_index"])
         self.consumed = int(state["consumed_samples"])

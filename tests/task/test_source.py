@@ -1,0 +1,138 @@
+"""Task batch source: global order, too-long drops, reserved prompts, stage changes, resume."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from megaproc.checkpoint import ResumeError
+from megaproc.data.synthetic import GraphSearchGenerator, SyntheticStream
+from megaproc.task.encoding import TaskEncoder
+from megaproc.task.source import ReservedPrompts, TaskBatchSource
+
+
+def generator(**kwargs):
+    settings = dict(max_input_size=26, max_lookahead=3, seed=7, natural_language=False)
+    settings.update(kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GraphSearchGenerator(**settings)
+
+
+def source(tokenizer, micro_batch=2, grad_accum=2, world_size=1, rank=0, seq_len=64, prefetch=True,
+           reserved=frozenset(), messages=None, **gen):
+    return TaskBatchSource(generator(**gen), TaskEncoder(tokenizer), micro_batch, grad_accum,
+                           world_size, rank, tokenizer.pad_token_id, seq_len, reserved=reserved,
+                           prefetch=prefetch, log=(messages.append if messages is not None else None))
+
+
+def steps(src, count):
+    """Input ids of every micro-batch of ``count`` optimizer steps (rows as lists)."""
+    rows = []
+    for _ in range(count):
+        for micro in range(src.grad_accum):
+            batch = src.micro_batch_at(micro)
+            mask = batch["attention_mask"].bool()
+            rows.append([batch["input_ids"][r][mask[r]].tolist() for r in range(len(mask))])
+        src.advance()
+    return rows
+
+
+def test_ranks_take_slices_of_one_global_order(tokenizer):
+    single = steps(source(tokenizer, micro_batch=4), 3)
+    ranks = [steps(source(tokenizer, micro_batch=2, world_size=2, rank=r), 3) for r in range(2)]
+    for k, rows in enumerate(single):
+        assert rows == ranks[0][k] + ranks[1][k]
+
+
+def test_too_long_examples_are_dropped_and_counted(tokenizer):
+    messages = []
+    seq_len = 40
+    src = source(tokenizer, seq_len=seq_len, messages=messages, prefetch=False)
+    rows = steps(src, 10)
+    assert all(len(row) + 1 <= seq_len + 1 for micro in rows for row in micro)
+    # independent count: walk the same indices and tokenize every example
+    stream = SyntheticStream(generator(), 1, 0)
+    encoder, too_long = TaskEncoder(tokenizer), 0
+    while stream.next_index < src.next_index:
+        example = stream.next()
+        tokens = encoder.encode_pairs([(example.prompt, example.output_texts[0])])[0]["tokens"]
+        too_long += len(tokens) > seq_len + 1
+    assert too_long > 0 and src.dropped_too_long == too_long
+    assert src.state_dict()["dropped_too_long"] == too_long
+    assert sum(src.skip_counts.values()) + src.consumed == src.next_index
+    assert sum("dropping task examples longer than" in m for m in messages) == 1
+    src.close()
+    assert any(f"{too_long} task examples longer than" in m for m in messages)
+
+
+def test_reserved_prompts_are_never_served(tokenizer, tmp_path):
+    import json
+
+    first = SyntheticStream(generator(), 1, 0).take(12)
+    split = tmp_path / "eval.jsonl"
+    split.write_text("".join(json.dumps({"prompt": e.prompt, "output_texts": e.output_texts}) + "\n"
+                             for e in first[::2]))
+    reserved = ReservedPrompts.from_split_dir(str(tmp_path))
+    assert first[0].prompt in reserved and first[1].prompt not in reserved
+    src = source(tokenizer, reserved=reserved)
+    served = set()
+    for _ in range(4):
+        samples, examples, _, _ = src.global_examples(src.next_index, src.stage)
+        served.update(e.prompt for e in examples)
+        src.micro_batch_at(0)
+        src.micro_batch_at(1)
+        src.advance()
+    assert not served & {e.prompt for e in first[::2]}
+    assert src.skip_counts["reserved"] >= 6
+
+
+def test_stage_change_never_serves_prefetched_examples_of_the_old_stage(tokenizer):
+    prefetching, plain = source(tokenizer), source(tokenizer, prefetch=False)
+    for src in (prefetching, plain):
+        steps(src, 2)
+    start = prefetching.next_index
+    assert (start, 1) in prefetching._pending          # the next stage-1 batch is being built
+    old_stage = [s["tokens"].tolist() for s in prefetching.global_examples(start, 1)[0][:2]]
+    new_stage = [s["tokens"].tolist() for s in prefetching.global_examples(start, 3)[0][:2]]
+    assert old_stage != new_stage
+    for src in (prefetching, plain):
+        src.set_stage(3)
+    batch = prefetching.micro_batch_at(0)
+    mask = batch["attention_mask"].bool()
+    served = [batch["input_ids"][r][mask[r]].tolist() for r in range(2)]
+    assert served == [tokens[:-1] for tokens in new_stage]
+    prefetching.micro_batch_at(1)
+    prefetching.advance()
+    plain.micro_batch_at(0), plain.micro_batch_at(1), plain.advance()
+    assert steps(prefetching, 2) == steps(plain, 2)
+    prefetching.close()
+
+
+def test_resume_continues_the_stream_exactly(tokenizer):
+    straight = source(tokenizer)
+    steps(straight, 2)
+    straight.set_stage(2)
+    state = straight.state_dict()
+    expected = steps(straight, 3)
+    resumed = source(tokenizer)
+    resumed.load_state_dict(state)
+    assert resumed.stage == 2 and resumed.next_index == state["next_index"]
+    assert steps(resumed, 3) == expected
+    assert resumed.consumed == straight.consumed
+    other_seed = source(tokenizer, seed=8)
+    with pytest.raises(ResumeError, match="seed"):
+        other_seed.load_state_dict(state)
+    other_reserved = source(tokenizer, reserved=ReservedPrompts({b"x" * 16}))
+    with pytest.raises(ResumeError, match="reserved"):
+        other_reserved.load_state_dict(state)
+
+
+def test_batches_carry_the_correctness_masks(tokenizer):
+    batch = source(tokenizer).micro_batch_at(0)
+    assert set(batch) >= {"input_ids", "labels", "attention_mask", "answer_mask", "word_mask",
+                          "boundary_mask", "source"}
+    assert torch.all(batch["word_mask"].sum(1) >= 1) and torch.all(batch["boundary_mask"].sum(1) == 1)
+    assert torch.all(batch["answer_mask"] >= batch["word_mask"])
