@@ -168,3 +168,21 @@ def test_evaluate_cli_on_exported_model_and_checkpoint(runs, tokenizer):
 def module(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", name, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
+
+
+def test_two_rank_zero3_curriculum_run(runs):
+    """Under the deepspeed launcher with ZeRO-3: the window gathers both ranks' examples
+    (8 per step), every held-out evaluation runs in lock step, and the run completes."""
+    out = runs["tmp"] / "zero3"
+    proc = run(2, pptrain_overrides(out, runs["splits"], 30) + ["deepspeed.config=ds_configs/zero3.json"],
+               config=PPTRAIN)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = read_jsonl(out / "logs" / "train.jsonl")
+    # window 12 fills in 2 steps of 8 examples: advances at steps 2 and 4, completion at 6
+    assert [r["stage"] for r in records] == [1, 1, 2, 2, 3, 3]
+    evals = read_jsonl(out / "logs" / "eval.jsonl")
+    assert [(e["step"], e["event"]) for e in evals] == \
+        [(0, "start"), (2, "advance"), (4, "advance"), (6, "completed")]
+    assert all(e["num_examples"] + e["num_dropped"] == 16 for e in evals)
+    final = state(out)
+    assert final["consumed_samples"] == 48 and final["hooks"]["curriculum"]["completed"]
