@@ -278,3 +278,14 @@ def test_to_json_round_trip_fields():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         GraphSearchGenerator(**kwargs)
+
+
+def test_lookahead_zero_examples_include_partial_proofs():
+    generator = quiet_generator(96, 8, seed=11, natural_language=False)
+    zero = [e for e in (generator.example_at_lookahead(i, 0) for i in range(300)) if e is not None]
+    assert zero
+    for example in zero:
+        assert example.lookahead == 0
+        check_example(example, generator)
+    longer = [e for e in zero if len(e.path) > 1]
+    assert len(longer) >= len(zero) // 4, Counter(len(e.path) for e in zero)

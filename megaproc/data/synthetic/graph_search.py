@@ -37,6 +37,10 @@ Answers and lookahead
     graph (same ``L``), up to ``max_attempts`` times, and gives ``None`` if all fail.  Because
     the lookahead never exceeds the remaining distance to the goal and the goal chain has
     ``L`` edges, for ``L >= 1`` the kept position is in practice ``j = 1`` (path = [start]).
+    A requested ``L = 0`` therefore builds its graph for a lookahead drawn uniformly from
+    ``0..lookahead_cap`` and keeps a uniformly drawn position of the path whose lookahead is 0
+    (for a longer chain usually a vertex further along it), so prompts also carry partial
+    proofs.
 
 Curriculum (stage -> lookahead)
     ``lookahead_cap = ((n - 5) // 3 - 1) // 2`` is the largest valid lookahead (62 for
@@ -384,8 +388,11 @@ class GraphSearchGenerator:
     def _attempt(self, rng: random.Random, lookahead: int):
         """One graph draw; ``(children, goal, path_prefix, answers)`` if it has ``lookahead``."""
         n = self.max_input_size
+        # L = 0 is built either directly (path = [start]) or for a longer chain, keeping a later
+        # position of lookahead 0 (see module docstring).
+        build_for = lookahead or int(rng.random() * (self.lookahead_cap + 1))
         children, parents, goal = build_lookahead_graph(
-            rng, lookahead, self.num_vertex_ids, self.max_edges)
+            rng, build_for, self.num_vertex_ids, self.max_edges)
         num_edges = sum(map(len, children))
         room = n - 3 * num_edges - 4                     # tokens left for the path so far
         if room < 1:
