@@ -92,10 +92,18 @@ class Trainer:
             raise ckpt.ResumeError(
                 f"run.out_dir {self.run_dir} already holds checkpoints; resume with "
                 "checkpoint.resume=auto or choose a new run.out_dir")
-        if resume_from is None and (self.run_dir / "logs" / "train.jsonl").is_file():
-            raise ckpt.ResumeError(f"run.out_dir {self.run_dir} already holds logs of another run; "
-                                   "choose a new run.out_dir")
+        logs = self.run_dir / "logs"
+        if resume_from is None and (logs / "train.jsonl").is_file():
+            if self.cfg.checkpoint.resume != "auto":
+                raise ckpt.ResumeError(f"run.out_dir {self.run_dir} already holds logs of another "
+                                       "run; choose a new run.out_dir")
+        dist_utils.barrier()  # every rank has looked before rank 0 moves anything
         if dist_utils.is_main():
+            if resume_from is None and (logs / "train.jsonl").is_file():
+                # A job restarted before its first checkpoint: start over, keep the old logs.
+                kept = self.run_dir / f"logs.before_restart_{time.strftime('%Y%m%d-%H%M%S')}"
+                logs.rename(kept)
+                print(f"[megaproc] no checkpoint to resume; previous logs moved to {kept}", flush=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(self.ckpt_root)
             path = self.run_dir / "config.yaml"

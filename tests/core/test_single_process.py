@@ -85,3 +85,15 @@ def test_resume_on_changed_data_is_refused(tmp_path):
     proc = run(1, common + ["train.max_steps=4"])
     assert "data_fingerprint" in _one_error_line(proc)
     assert {p: p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == before
+
+
+def test_restart_before_first_checkpoint_starts_over_and_keeps_old_logs(tmp_path):
+    out = tmp_path / "run"
+    settings = FAST + [f"run.out_dir={out}", "checkpoint.save_final=false", "train.max_steps=2"]
+    assert run(1, settings).returncode == 0
+    first = (out / "logs" / "train.jsonl").read_text()
+    proc = run(1, settings)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = list(out.glob("logs.before_restart_*"))
+    assert len(kept) == 1 and (kept[0] / "train.jsonl").read_text() == first
+    assert sorted(losses(out)) == [1, 2]
