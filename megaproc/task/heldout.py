@@ -85,7 +85,6 @@ class HeldoutEvaluator:
             for k, sample in enumerate(samples):
                 self.rows.append((self.num_local_examples, k == 0, sample))
             self.num_local_examples += 1
-        self.num_examples_total = len(records)
 
     def _dummy(self) -> dict:
         tokens = np.full(2, self.pad_id, dtype=np.int64)

@@ -1,25 +1,28 @@
 """Batch source that streams live graph-search examples at the current curriculum stage.
 
 Global order
-    All ranks walk the same deterministic :class:`~megaproc.data.synthetic.SyntheticStream`
-    (example ``k`` at stage ``s`` is a pure function of ``(task.seed, s, k)``).  Each
-    micro-step takes the next ``micro_batch * world_size`` *accepted* examples of the stream;
-    rank ``r`` keeps the ``r``-th slice of ``micro_batch``.  The micro-steps of an optimizer
-    step follow each other in the stream, so the examples trained on depend only on the stage
-    history, never on timing.  Indices are skipped (and counted) when a draw is rejected by
-    the generator, when the prompt is one of the reserved eval/test/mixin prompts, or when
-    the tokenized example is longer than ``train.seq_len + 1`` tokens ("too_long": dropped
-    before training with a warning; the count is printed again when training ends and is
-    saved in every checkpoint).
+    Example ``k`` at stage ``s`` is a pure function of ``(task.seed, s, k)``.  With ``W``
+    ranks, rank ``r`` owns the generator indices ``r, r + W, r + 2W, ...`` (its *lane*) and
+    takes the next ``micro_batch`` accepted examples of its lane for every micro-step, so each
+    rank generates and tokenizes only its own examples (the work per rank does not grow with
+    the number of ranks).  The examples trained on are thus fixed by the seed, the world size
+    and the stage history, never by timing; with one rank the lane is the plain stream
+    ``0, 1, 2, ...``.  Indices are skipped (and counted) when a draw is rejected by the
+    generator, when the prompt is one of the reserved eval/test/mixin prompts, or when the
+    tokenized example is longer than ``train.seq_len + 1`` tokens ("too_long": dropped before
+    training with a warning; the count is printed again when training ends and is saved in
+    every checkpoint).
 
 Resume
-    The state is the stream position ``next_index`` (the generator's consumed index), the
-    stage, the skip counts and the consumed-sample count, all taken at an optimizer-step
-    boundary; restoring it continues the stream exactly.
+    The state is every rank's lane position (the generator's consumed index: rank ``r`` has
+    consumed all indices below ``position_r * W + r`` of its lane), the stage, the skip counts
+    and the consumed-sample count, taken at an optimizer-step boundary (the ranks' states are
+    all-gathered when a checkpoint is written, which every rank takes part in).  Restoring it
+    continues every lane exactly; the world size must not change (the trainer refuses that).
 
 Prefetch
     While the model computes, a background thread builds the next micro-batch for the key
-    ``(stream position, stage)``.  A prefetched batch is used only if its key is still the
+    ``(lane position, stage)``.  A prefetched batch is used only if its key is still the
     current one, so a stage change (the curriculum advances between steps) never serves
     examples of the old stage; the thread has its own tokenizer copy.
 """
@@ -33,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from megaproc import distributed as dist_utils
 from megaproc.checkpoint import ResumeError
-from megaproc.data.synthetic import GraphSearchGenerator, SyntheticStream
+from megaproc.data.synthetic import GraphSearchGenerator
 from megaproc.task.encoding import TaskEncoder, collate_task
 
 SOURCE_NAME = "graph_search"
@@ -95,10 +98,11 @@ class TaskBatchSource:
         self._reserved_fp = None
         self.log = log or (lambda message: None)
         self.stage = stage
-        self.next_index = 0                      # committed: first index of the next step
+        self.position = 0                        # committed lane position (next step's start)
         self.consumed = 0                        # accepted examples consumed by all ranks
-        self.skip_counts = dict.fromkeys(SKIP_REASONS, 0)
-        self._cursor = 0                         # position inside the current step
+        self.skip_counts = dict.fromkeys(SKIP_REASONS, 0)   # this rank's lane
+        self._all_skip_counts = None             # every rank's counts, at the last save/load
+        self._cursor = 0                         # lane position inside the current step
         self._warned_too_long = False
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-prefetch") \
             if prefetch else None
@@ -122,49 +126,55 @@ class TaskBatchSource:
         self.stage = stage
 
     @property
-    def global_micro_batch(self) -> int:
-        """Accepted examples per micro-step over all ranks."""
-        return self.micro_batch * self.world_size
-
-    @property
     def global_batch(self) -> int:
         """Accepted examples per optimizer step over all ranks."""
-        return self.global_micro_batch * self.grad_accum
+        return self.micro_batch * self.grad_accum * self.world_size
 
     @property
     def dropped_too_long(self) -> int:
-        """Examples dropped so far because they are longer than ``seq_len + 1`` tokens."""
+        """Examples this rank dropped so far because they are longer than ``seq_len + 1`` tokens."""
         return self.skip_counts["too_long"]
 
+    def lane_index(self, position: int) -> int:
+        """Generator index of lane position ``position`` of this rank."""
+        return position * self.world_size + self.rank
+
     # ------------------------------------------------------------------ building
-    def global_examples(self, start_index: int, stage: int):
-        """``(samples, examples, end_index, skip_counts)`` of the global micro-batch at ``start_index``."""
-        stream = SyntheticStream(self.generator, stage, start_index, self.reserved)
+    def lane_examples(self, position: int, stage: int, count: int):
+        """``(samples, examples, end_position, skip_counts)``: the next ``count`` accepted
+        examples of this rank's lane from ``position`` at ``stage``."""
         limit = self.seq_len + 1
-        samples, examples, too_long, first_too_long = [], [], 0, None
-        while len(samples) < self.global_micro_batch:
-            candidates = stream.take(self.global_micro_batch - len(samples))
+        counts = dict.fromkeys(SKIP_REASONS, 0)
+        samples, examples, first_too_long = [], [], None
+        while len(samples) < count:
+            candidates = []
+            while len(candidates) < count - len(samples):
+                example = self.generator.example(self.lane_index(position), stage)
+                position += 1
+                if example is None:
+                    counts["rejected"] += 1
+                elif example.prompt in self.reserved:
+                    counts["reserved"] += 1
+                else:
+                    candidates.append(example)
             encoded = self.encoder.encode_pairs([(e.prompt, e.output_texts[0]) for e in candidates])
             for example, sample in zip(candidates, encoded):
                 if len(sample["tokens"]) > limit:
-                    too_long += 1
+                    counts["too_long"] += 1
                     first_too_long = first_too_long or len(sample["tokens"])
                     continue
                 samples.append(sample)
                 examples.append(example)
-        counts = {"rejected": stream.skip_counts["rejected"],
-                  "reserved": stream.skip_counts["reserved"], "too_long": too_long}
         if first_too_long and not self._warned_too_long:
             self._warned_too_long = True
             self.log(f"[megaproc] warning: dropping task examples longer than train.seq_len + 1 = "
                      f"{limit} tokens (first one: {first_too_long} tokens at stage {stage}); "
                      "they are counted and reported at the end of training")
-        return samples, examples, stream.next_index, counts
+        return samples, examples, position, counts
 
-    def _build(self, start_index: int, stage: int):
-        samples, _, end_index, counts = self.global_examples(start_index, stage)
-        mine = samples[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
-        return collate_task(mine, self.pad_id), end_index, counts
+    def _build(self, position: int, stage: int):
+        samples, _, end, counts = self.lane_examples(position, stage, self.micro_batch)
+        return collate_task(samples, self.pad_id), end, counts
 
     def _submit(self, key: tuple[int, int]) -> Future:
         future = self._pending.pop(key, None)
@@ -180,7 +190,7 @@ class TaskBatchSource:
     def micro_batch_at(self, micro_step: int) -> dict:
         """This rank's batch for ``micro_step`` of the current optimizer step."""
         if micro_step == 0:
-            self._cursor = self.next_index
+            self._cursor = self.position
         key = (self._cursor, self.stage)
         future = self._submit(key)
         for stale in [k for k in self._pending if k != key]:
@@ -196,7 +206,7 @@ class TaskBatchSource:
 
     def advance(self) -> None:
         """Commit the optimizer step's examples."""
-        self.next_index = self._cursor
+        self.position = self._cursor
         self.consumed += self.global_batch
 
     def consumed_per_source(self) -> list[int]:
@@ -204,9 +214,14 @@ class TaskBatchSource:
         return [self.consumed]
 
     def state_dict(self) -> dict:
-        """Stream position (generator index), stage, skip counts and consumed samples."""
-        return {"next_index": self.next_index, "stage": self.stage, "consumed_samples": self.consumed,
-                "skip_counts": dict(self.skip_counts), "dropped_too_long": self.dropped_too_long,
+        """Lane positions and skip counts of every rank (collective), stage, consumed samples."""
+        gathered = dist_utils.all_gather_objects((self.position, dict(self.skip_counts)))
+        self._all_skip_counts = [counts for _, counts in gathered]
+        totals = self.total_skip_counts()
+        return {"world_size": self.world_size, "positions": [pos for pos, _ in gathered],
+                "stage": self.stage, "consumed_samples": self.consumed,
+                "skip_counts": totals, "rank_skip_counts": self._all_skip_counts,
+                "dropped_too_long": totals["too_long"],
                 "generator": self.generator.config(), "reserved": self._reserved_fingerprint()}
 
     def _reserved_fingerprint(self) -> str:
@@ -216,8 +231,14 @@ class TaskBatchSource:
             self._reserved_fp = reserved.fingerprint()
         return self._reserved_fp
 
+    def total_skip_counts(self) -> dict:
+        """Skip counts summed over ranks (as of the last save or load; this rank's otherwise)."""
+        per_rank = self._all_skip_counts or [self.skip_counts]
+        return {reason: sum(int(c.get(reason, 0)) for c in per_rank) for reason in SKIP_REASONS}
+
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; refuses a state saved with other generator settings."""
+        """Restore :meth:`state_dict`; refuses other generator settings, reserved prompts or
+        world size."""
         saved, current = state.get("generator") or {}, self.generator.config()
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if saved and changed:
@@ -226,25 +247,29 @@ class TaskBatchSource:
         if state.get("reserved") and state["reserved"] != self._reserved_fingerprint():
             raise ResumeError("the checkpoint's task stream excluded other reserved prompts "
                               "(task.splits_dir or its files changed)")
+        if int(state["world_size"]) != self.world_size:
+            raise ResumeError(f"the checkpoint's task stream was split over {state['world_size']} "
+                              f"ranks, this run has {self.world_size}")
         self.stage = int(state["stage"])
-        self.next_index = self._cursor = int(state["next_index"])
+        self.position = self._cursor = int(state["positions"][self.rank])
         self.consumed = int(state["consumed_samples"])
+        self._all_skip_counts = [dict(c) for c in state["rank_skip_counts"]]
         self.skip_counts = dict.fromkeys(SKIP_REASONS, 0)
-        self.skip_counts.update({k: int(v) for k, v in state.get("skip_counts", {}).items()})
+        self.skip_counts.update({k: int(v) for k, v in self._all_skip_counts[self.rank].items()})
         self._pending.clear()
 
-    def summary(self) -> str:
-        """One line: consumed examples and skipped indices by reason."""
-        skipped = ", ".join(f"{k} {v}" for k, v in self.skip_counts.items())
-        return (f"task stream: {self.consumed} examples trained on, generator index "
-                f"{self.next_index}, stage {self.stage}; skipped: {skipped}")
-
     def close(self) -> None:
-        """Report the too-long count (rank 0) and stop the prefetch thread."""
-        if self.dropped_too_long:
-            self.log(f"[megaproc] warning: {self.dropped_too_long} task examples longer than "
-                     f"train.seq_len + 1 = {self.seq_len + 1} tokens were dropped during this run")
-        self.log(f"[megaproc] {self.summary()}")
+        """Report the skip counts of all ranks (collective: every rank closes its source when
+        training ends) and stop the prefetch thread."""
+        self._all_skip_counts = dist_utils.all_gather_objects(dict(self.skip_counts))
+        totals = self.total_skip_counts()
+        if totals["too_long"]:
+            self.log(f"[megaproc] warning: {totals['too_long']} task examples longer than "
+                     f"train.seq_len + 1 = {self.seq_len + 1} tokens were dropped (all ranks, "
+                     "since the start of the run)")
+        skipped = ", ".join(f"{k} {v}" for k, v in totals.items())
+        self.log(f"[megaproc] task stream: {self.consumed} examples trained on at stage "
+                 f"{self.stage}; generator indices skipped: {skipped}")
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -40,11 +40,26 @@ def steps(src, count):
     return rows
 
 
-def test_ranks_take_slices_of_one_global_order(tokenizer):
-    single = steps(source(tokenizer, micro_batch=4), 3)
-    ranks = [steps(source(tokenizer, micro_batch=2, world_size=2, rank=r), 3) for r in range(2)]
-    for k, rows in enumerate(single):
-        assert rows == ranks[0][k] + ranks[1][k]
+def accepted_indices(tokenizer, indices, stage=1, seq_len=64, reserved=frozenset()):
+    """Independent reference: the indices whose example is produced, not reserved and fits."""
+    gen, encoder, kept = generator(), TaskEncoder(tokenizer), []
+    for index in indices:
+        example = gen.example(index, stage)
+        if example is None or example.prompt in reserved:
+            continue
+        tokens = encoder.encode_pairs([(example.prompt, example.output_texts[0])])[0]["tokens"]
+        if len(tokens) <= seq_len + 1:
+            kept.append(tokens[:-1].tolist())
+    return kept
+
+
+def test_each_rank_walks_its_own_lane_of_the_stream(tokenizer):
+    single = steps(source(tokenizer, micro_batch=2), 3)
+    assert [row for micro in single for row in micro] == accepted_indices(tokenizer, range(40))[:12]
+    for rank in range(2):
+        rows = steps(source(tokenizer, micro_batch=2, world_size=2, rank=rank), 3)
+        expected = accepted_indices(tokenizer, range(rank, 80, 2))[:12]
+        assert [row for micro in rows for row in micro] == expected
 
 
 def test_too_long_examples_are_dropped_and_counted(tokenizer):
@@ -53,16 +68,14 @@ def test_too_long_examples_are_dropped_and_counted(tokenizer):
     src = source(tokenizer, seq_len=seq_len, messages=messages, prefetch=False)
     rows = steps(src, 10)
     assert all(len(row) + 1 <= seq_len + 1 for micro in rows for row in micro)
-    # independent count: walk the same indices and tokenize every example
-    stream = SyntheticStream(generator(), 1, 0)
-    encoder, too_long = TaskEncoder(tokenizer), 0
-    while stream.next_index < src.next_index:
-        example = stream.next()
-        tokens = encoder.encode_pairs([(example.prompt, example.output_texts[0])])[0]["tokens"]
-        too_long += len(tokens) > seq_len + 1
+    # independent count over the same indices
+    kept = accepted_indices(tokenizer, range(src.position), seq_len=seq_len)
+    assert [row for micro in rows for row in micro] == kept
+    too_long = len(accepted_indices(tokenizer, range(src.position), seq_len=10**6)) - len(kept)
     assert too_long > 0 and src.dropped_too_long == too_long
-    assert src.state_dict()["dropped_too_long"] == too_long
-    assert sum(src.skip_counts.values()) + src.consumed == src.next_index
+    state = src.state_dict()
+    assert state["dropped_too_long"] == too_long and state["positions"] == [src.position]
+    assert sum(src.skip_counts.values()) + src.consumed == src.position
     assert sum("dropping task examples longer than" in m for m in messages) == 1
     src.close()
     assert any(f"{too_long} task examples longer than" in m for m in messages)
@@ -78,25 +91,19 @@ def test_reserved_prompts_are_never_served(tokenizer, tmp_path):
     reserved = ReservedPrompts.from_split_dir(str(tmp_path))
     assert first[0].prompt in reserved and first[1].prompt not in reserved
     src = source(tokenizer, reserved=reserved)
-    served = set()
-    for _ in range(4):
-        samples, examples, _, _ = src.global_examples(src.next_index, src.stage)
-        served.update(e.prompt for e in examples)
-        src.micro_batch_at(0)
-        src.micro_batch_at(1)
-        src.advance()
-    assert not served & {e.prompt for e in first[::2]}
-    assert src.skip_counts["reserved"] >= 6
+    _, examples, end, counts = src.lane_examples(0, 1, 12)
+    assert not {e.prompt for e in examples} & {e.prompt for e in first[::2]}
+    assert counts["reserved"] == 6 and end == 18
 
 
 def test_stage_change_never_serves_prefetched_examples_of_the_old_stage(tokenizer):
     prefetching, plain = source(tokenizer), source(tokenizer, prefetch=False)
     for src in (prefetching, plain):
         steps(src, 2)
-    start = prefetching.next_index
+    start = prefetching.position
     assert (start, 1) in prefetching._pending          # the next stage-1 batch is being built
-    old_stage = [s["tokens"].tolist() for s in prefetching.global_examples(start, 1)[0][:2]]
-    new_stage = [s["tokens"].tolist() for s in prefetching.global_examples(start, 3)[0][:2]]
+    old_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 1, 2)[0]]
+    new_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 3, 2)[0]]
     assert old_stage != new_stage
     for src in (prefetching, plain):
         src.set_stage(3)
@@ -119,7 +126,7 @@ def test_resume_continues_the_stream_exactly(tokenizer):
     expected = steps(straight, 3)
     resumed = source(tokenizer)
     resumed.load_state_dict(state)
-    assert resumed.stage == 2 and resumed.next_index == state["next_index"]
+    assert resumed.stage == 2 and resumed.position == state["positions"][0]
     assert steps(resumed, 3) == expected
     assert resumed.consumed == straight.consumed
     other_seed = source(tokenizer, seed=8)
@@ -128,6 +135,8 @@ def test_resume_continues_the_stream_exactly(tokenizer):
     other_reserved = source(tokenizer, reserved=ReservedPrompts({b"x" * 16}))
     with pytest.raises(ResumeError, match="reserved"):
         other_reserved.load_state_dict(state)
+    with pytest.raises(ResumeError, match="ranks"):
+        source(tokenizer, world_size=2).load_state_dict(state)
 
 
 def test_batches_carry_the_correctness_masks(tokenizer):

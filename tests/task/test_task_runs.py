@@ -96,7 +96,7 @@ def test_curriculum_advances_on_schedule_and_ends_after_the_last_stage(runs):
 def test_too_long_examples_are_dropped_counted_and_reported(runs):
     data = state(runs["straight"])["data"]
     assert data["dropped_too_long"] > 0
-    assert data["next_index"] == data["consumed_samples"] + sum(data["skip_counts"].values())
+    assert sum(data["positions"]) == data["consumed_samples"] + sum(data["skip_counts"].values())
     log = runs["straight_proc"].stdout
     assert "dropping task examples longer than train.seq_len + 1 = 37 tokens" in log
     assert f"{data['dropped_too_long']} task examples longer than" in log
@@ -117,7 +117,7 @@ def test_checkpoint_in_the_middle_of_a_stage_holds_window_and_generator_index(ru
     mid = json.loads((runs["resumed"] / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
     assert mid["hooks"]["curriculum"]["stage"] == 2
     assert len(mid["hooks"]["curriculum"]["window"]) == 8       # steps 5 and 6 since the advance
-    assert mid["data"]["stage"] == 2 and mid["data"]["next_index"] >= 24
+    assert mid["data"]["stage"] == 2 and mid["data"]["positions"][0] >= 24
 
 
 def test_pretraining_mixin_ratio_and_per_source_loss(runs):
@@ -186,3 +186,6 @@ def test_two_rank_zero3_curriculum_run(runs):
     assert all(e["num_examples"] + e["num_dropped"] == 16 for e in evals)
     final = state(out)
     assert final["consumed_samples"] == 48 and final["hooks"]["curriculum"]["completed"]
+    data = final["data"]
+    assert len(data["positions"]) == 2 and len(data["rank_skip_counts"]) == 2
+    assert sum(data["positions"]) == 48 + sum(data["skip_counts"].values())
