@@ -21,10 +21,11 @@ Resume
     continues every lane exactly; the world size must not change (the trainer refuses that).
 
 Prefetch
-    While the model computes, a background thread builds the next micro-batch for the key
-    ``(lane position, stage)``.  A prefetched batch is used only if its key is still the
-    current one, so a stage change (the curriculum advances between steps) never serves
-    examples of the old stage; the thread has its own tokenizer copy.
+    While the model computes, a background thread builds the next ``PREFETCH_DEPTH``
+    micro-batches, each for its key ``(lane position, stage)``
+    (:class:`~megaproc.task.prefetch.ChainPrefetcher`).  A prefetched batch is used only if its
+    key is the current one, so a stage change (the curriculum advances between steps) never
+    serves examples of the old stage; the thread has its own tokenizer copy.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from megaproc import distributed as dist_utils
 from megaproc.checkpoint import ResumeError
 from megaproc.data.synthetic import GraphSearchGenerator
 from megaproc.task.encoding import TaskEncoder, collate_task
+from megaproc.task.prefetch import ChainPrefetcher
 
 SOURCE_NAME = "graph_search"
 SKIP_REASONS = ("rejected", "reserved", "too_long")
+PREFETCH_DEPTH = 4  # micro-batches built ahead
 
 
 class ReservedPrompts:
@@ -104,9 +106,7 @@ class TaskBatchSource:
         self._all_skip_counts = None             # every rank's counts, at the last save/load
         self._cursor = 0                         # lane position inside the current step
         self._warned_too_long = False
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-prefetch") \
-            if prefetch else None
-        self._pending: dict[tuple[int, int], Future] = {}
+        self._prefetcher = ChainPrefetcher(self._build, PREFETCH_DEPTH) if prefetch else None
 
     # ------------------------------------------------------------------ stage
     @property
@@ -172,19 +172,11 @@ class TaskBatchSource:
                      "they are counted and reported at the end of training")
         return samples, examples, position, counts
 
-    def _build(self, position: int, stage: int):
+    def _build(self, key: tuple[int, int]):
+        """``((batch, end_position, skip_counts), next_key)`` for the micro-batch at ``key``."""
+        position, stage = key
         samples, _, end, counts = self.lane_examples(position, stage, self.micro_batch)
-        return collate_task(samples, self.pad_id), end, counts
-
-    def _submit(self, key: tuple[int, int]) -> Future:
-        future = self._pending.pop(key, None)
-        if future is None:
-            if self._pool is None:
-                future = Future()
-                future.set_result(self._build(*key))
-            else:
-                future = self._pool.submit(self._build, *key)
-        return future
+        return (collate_task(samples, self.pad_id), end, counts), (end, stage)
 
     # ------------------------------------------------------------------ interface
     def micro_batch_at(self, micro_step: int) -> dict:
@@ -192,16 +184,13 @@ class TaskBatchSource:
         if micro_step == 0:
             self._cursor = self.position
         key = (self._cursor, self.stage)
-        future = self._submit(key)
-        for stale in [k for k in self._pending if k != key]:
-            self._pending.pop(stale).cancel()
-        batch, end_index, counts = future.result()
-        self._cursor = end_index
+        if self._prefetcher is not None:
+            batch, end, counts = self._prefetcher.get(key)
+        else:
+            (batch, end, counts), _ = self._build(key)
+        self._cursor = end
         for reason, count in counts.items():
             self.skip_counts[reason] += count
-        if self._pool is not None:
-            nxt = (end_index, self.stage)
-            self._pending[nxt] = self._pool.submit(self._build, *nxt)
         return batch
 
     def advance(self) -> None:
@@ -256,7 +245,6 @@ class TaskBatchSource:
         self._all_skip_counts = [dict(c) for c in state["rank_skip_counts"]]
         self.skip_counts = dict.fromkeys(SKIP_REASONS, 0)
         self.skip_counts.update({k: int(v) for k, v in self._all_skip_counts[self.rank].items()})
-        self._pending.clear()
 
     def close(self) -> None:
         """Report the skip counts of all ranks (collective: every rank closes its source when
@@ -270,9 +258,9 @@ class TaskBatchSource:
         skipped = ", ".join(f"{k} {v}" for k, v in totals.items())
         self.log(f"[megaproc] task stream: {self.consumed} examples trained on at stage "
                  f"{self.stage}; generator indices skipped: {skipped}")
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
 
 
 def check_split_settings(split_dir: str, generator: GraphSearchGenerator, log) -> None:

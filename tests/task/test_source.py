@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -101,7 +102,10 @@ def test_stage_change_never_serves_prefetched_examples_of_the_old_stage(tokenize
     for src in (prefetching, plain):
         steps(src, 2)
     start = prefetching.position
-    assert (start, 1) in prefetching._pending          # the next stage-1 batch is being built
+    deadline = time.time() + 60
+    while (start, 1) not in prefetching._prefetcher._ready and time.time() < deadline:
+        time.sleep(0.01)                                 # stage-1 batches are built ahead
+    assert (start, 1) in prefetching._prefetcher._ready
     old_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 1, 2)[0]]
     new_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 3, 2)[0]]
     assert old_stage != new_stage
