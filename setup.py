@@ -32,6 +32,8 @@ setup(
         "console_scripts": [
             "megaproc-train=megaproc.train:main",
             "megaproc-export=megaproc.export:main",
+            "megaproc-evaluate=megaproc.evaluate:main",
+            "megaproc-pipeline=megaproc.pipeline:main",
         ]
     },
 )

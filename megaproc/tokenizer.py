@@ -12,16 +12,23 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """A fast tokenizer from a local HF directory, a tokenizer.json or a sentencepiece .model.
+    """A fast tokenizer from a local HF directory, a tokenizer.json, a sentencepiece .model, or a
+    hub name already in the local HF cache (never downloaded).
 
     Special tokens: ``eos_token`` is required for document separation; a missing pad token
     falls back to the eos token.
     """
     p = Path(path).expanduser()
-    if not p.exists():
+    hub_name = not p.exists() and not str(path).startswith((".", "/", "~")) and str(path).count("/") <= 1
+    if not p.exists() and not hub_name:
         raise TokenizerError(f"tokenizer not found: {path} (expected a local HF tokenizer "
-                             "directory, tokenizer.json or sentencepiece .model)")
+                             "directory, tokenizer.json, sentencepiece .model or a hub name "
+                             "already in the local cache)")
     try:
+        if hub_name:  # e.g. EleutherAI/pythia-160m, only from the local HF cache
+            from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(str(path), local_files_only=True))
         if p.is_dir():
             from transformers import AutoTokenizer
 
@@ -37,6 +44,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     except TokenizerError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line for any loader failure
+        if hub_name:
+            raise TokenizerError(f"tokenizer not found: {path} is neither a local path nor a hub "
+                                 "name in the local cache (nothing is downloaded)") from None
         raise TokenizerError(f"cannot load tokenizer {path}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if tok.pad_token_id is None and tok.eos_token_id is not None:
