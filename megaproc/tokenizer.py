@@ -54,6 +54,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
+def private_backend(tokenizer):
+    """An independent copy of a fast tokenizer's Rust backend, without truncation or padding.
+
+    Encoding with it never touches shared state: calling a shared HF tokenizer re-configures
+    its backend on every call, which fails ("Already borrowed") when a prefetch thread and the
+    main thread tokenize at once.  None for tokenizers without a Rust backend.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 def pad_id(tokenizer) -> int:
     """Id used to pad batches (pad, else eos, else 0)."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):

@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from megaproc.tokenizer import private_backend
+
 _BATCH = 1024  # examples tokenized together while scanning
 
 
@@ -38,20 +40,6 @@ def _answer_text(record: dict, answer_key: str | None):
                     return item
             return None
     return None
-
-
-def _private_backend(tokenizer):
-    """An independent copy of ``tokenizer``'s Rust backend (no truncation or padding), or
-    False when it has none."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return False
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 class JsonlTaskDataset:
@@ -110,7 +98,7 @@ class JsonlTaskDataset:
         when a prefetch thread and the main thread tokenize at the same time.
         """
         if self._backend is None:
-            self._backend = _private_backend(self.tokenizer)
+            self._backend = private_backend(self.tokenizer) or False
         if self._backend is False:
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]

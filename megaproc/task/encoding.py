@@ -20,23 +20,7 @@ import numpy as np
 import torch
 
 from megaproc.data.batch import collate
-
-
-def independent_backend(tokenizer):
-    """A private copy of a fast tokenizer's Rust backend without truncation or padding.
-
-    Encoding with it never mutates shared state, so a prefetch thread and the main thread
-    may tokenize at the same time.  None for tokenizers without a Rust backend.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
+from megaproc.tokenizer import private_backend
 
 
 class TaskEncoder:
@@ -46,7 +30,7 @@ class TaskEncoder:
         self.tokenizer = tokenizer
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
-        self._backend = independent_backend(tokenizer)
+        self._backend = private_backend(tokenizer)
 
     @property
     def num_special_tokens(self) -> int:

@@ -116,10 +116,7 @@ class TaskBatchSource:
 
     @stage.setter
     def stage(self, value: int) -> None:
-        value = int(value)
-        if not 1 <= value <= self.generator.num_stages:
-            raise ValueError(f"stage must be in 1..{self.generator.num_stages} (got {value})")
-        self._stage = value
+        self._stage = self.generator.check_stage(value)
 
     def set_stage(self, stage: int) -> None:
         """Draw later examples at ``stage`` (prefetched batches of another stage are discarded)."""

@@ -330,7 +330,8 @@ class GraphSearchGenerator:
                 f"{self.lookahead_cap}", stacklevel=2)
 
     # -- curriculum ---------------------------------------------------------------------------
-    def _check_stage(self, stage: int) -> int:
+    def check_stage(self, stage: int) -> int:
+        """``stage`` as an int; ValueError unless it is in ``1..num_stages``."""
         stage = int(stage)
         if not 1 <= stage <= self.num_stages:
             raise ValueError(f"stage must be in 1..{self.num_stages} (got {stage})")
@@ -338,7 +339,7 @@ class GraphSearchGenerator:
 
     def alpha_for_stage(self, stage: int) -> float:
         """``alpha = stage / max_lookahead``."""
-        return self._check_stage(stage) / self.max_lookahead
+        return self.check_stage(stage) / self.max_lookahead
 
     def max_lookahead_for_stage(self, stage: int) -> int:
         """Largest lookahead drawn at ``stage``: ``min(cap, max(1, round(alpha * max_lookahead)))``."""

@@ -49,10 +49,7 @@ class SyntheticStream:
 
     @stage.setter
     def stage(self, value: int) -> None:
-        value = int(value)
-        if not 1 <= value <= self.generator.num_stages:
-            raise ValueError(f"stage must be in 1..{self.generator.num_stages} (got {value})")
-        self._stage = value
+        self._stage = self.generator.check_stage(value)
 
     @property
     def skipped(self) -> int:
