@@ -41,3 +41,18 @@ def write_meta_temp(path_prefix: str, meta: dict) -> str:
 def publish_meta(temp: str, path_prefix: str) -> None:
     """Atomically move a temporary meta file into place."""
     os.replace(temp, meta_path(path_prefix))
+
+
+def finalize_with_meta(builder, path_prefix: str, meta: dict) -> None:
+    """Finalize an indexed builder and publish ``meta`` beside it, meta last.
+
+    The meta file is written under a temporary name first and only moved into place once the
+    ``.bin``/``.idx`` pair is complete, so a crash never leaves a meta describing missing data.
+    """
+    temp = write_meta_temp(path_prefix, meta)
+    try:
+        builder.finalize()
+    except BaseException:
+        os.remove(temp)
+        raise
+    publish_meta(temp, path_prefix)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 
 from data_tools._errors import DataToolError
 
@@ -27,7 +28,7 @@ def _token_string(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """A loaded tokenizer: batch encoding to id lists, decoding, vocab size, BOS/EOS ids."""
 
     kind: str
@@ -36,13 +37,13 @@ class Tokenizer:
     bos_id: int | None
     eos_id: int | None
 
+    @abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of every text, without special tokens."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, ids) -> str:
         """Text of ``ids``."""
-        raise NotImplementedError
 
     def set_threads(self, threads: int) -> None:
         """Limit the threads one ``encode_batch`` call may use (best effort)."""

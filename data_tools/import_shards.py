@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from data_tools._errors import DataToolError, run_cli
-from data_tools._meta import publish_meta, write_meta_temp
+from data_tools._meta import finalize_with_meta
 from megaproc.data.indexed import IndexedDatasetBuilder
 
 PROG = "data_tools.import_shards"
@@ -195,13 +195,7 @@ def import_shards(args) -> dict:
             "trailing_partial_document": partial,
             "tokens_before_first_bos": splitter.tokens_before_first_bos,
         }
-        temp_meta = write_meta_temp(args.output_prefix, meta)
-        try:
-            builder.finalize()
-        except BaseException:
-            os.remove(temp_meta)
-            raise
-        publish_meta(temp_meta, args.output_prefix)
+        finalize_with_meta(builder, args.output_prefix, meta)
     return meta
 
 

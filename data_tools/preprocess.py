@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 from data_tools._errors import DataToolError, run_cli
-from data_tools._meta import publish_meta, write_meta_temp
+from data_tools._meta import finalize_with_meta
 from data_tools._readers import detect_format, input_fingerprint, read_chunks
 from data_tools._tokenize_worker import (
     BAD_RECORD_KINDS,
@@ -201,13 +201,7 @@ def run(args) -> _Totals:
                           "fingerprint": input_fingerprint(args.input)},
                 "arguments": vars(args),
             }
-            temp_meta = write_meta_temp(args.output_prefix, meta)
-            try:
-                builder.finalize()
-            except BaseException:
-                os.remove(temp_meta)
-                raise
-            publish_meta(temp_meta, args.output_prefix)
+            finalize_with_meta(builder, args.output_prefix, meta)
     finally:
         progress.close()
     _report(totals, args, time.perf_counter() - start)
