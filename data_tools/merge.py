@@ -14,7 +14,7 @@ import os
 import sys
 
 from data_tools._errors import DataToolError, run_cli
-from data_tools._meta import publish_meta, read_meta, write_meta_temp
+from data_tools._meta import finalize_with_meta, read_meta
 from megaproc.data.indexed import IndexedDataset, IndexedDatasetBuilder, idx_path
 
 PROG = "data_tools.merge"
@@ -57,13 +57,7 @@ def merge(prefixes: list[str], output_prefix: str) -> dict:
     with IndexedDatasetBuilder(output_prefix, dtype=inputs[0].dtype) as builder:
         for dataset in inputs:
             builder.add_index(dataset.path_prefix)
-        temp_meta = write_meta_temp(output_prefix, meta)
-        try:
-            builder.finalize()
-        except BaseException:
-            os.remove(temp_meta)
-            raise
-        publish_meta(temp_meta, output_prefix)
+        finalize_with_meta(builder, output_prefix, meta)
     return meta
 
 
