@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megaproc.data.synthetic.graph_search import GraphSearchGenerator  # noqa: E402
+from megaproc.synthetic.graph_search import GraphSearchGenerator  # noqa: E402
 
 
 def count_attempts(generator: GraphSearchGenerator) -> list[int]:

@@ -27,7 +27,7 @@ import warnings
 from collections import Counter, deque
 from multiprocessing import get_context
 
-from megaproc.data.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGenerator
+from megaproc.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGenerator
 
 SPLITS = ("eval", "test", "mixin")
 SPLIT_STREAM_ID = 1          # held-out splits never share the training stream (stream_id 0)

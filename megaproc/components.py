@@ -103,7 +103,7 @@ def build_data(trainer):
     cfg = trainer.cfg
     validate_workflow(cfg)
     if task_config(cfg).kind == "graph_search":
-        from megaproc.task.source import SOURCE_NAME, build_task_source
+        from megaproc.data.task_source import SOURCE_NAME, build_task_source
 
         return build_task_source(trainer), None, [SOURCE_NAME]
     t = cfg.train

@@ -7,7 +7,7 @@
 ``--checkpoint`` takes a megaproc checkpoint (any ZeRO stage), a run directory or
 ``latest:RUN_DIR``; ``--model`` an exported HuggingFace directory.  With ``--split`` (a split
 ``.jsonl`` of ``data_tools.build_splits``) the output has ``accuracy`` (greedy full-word answer
-equals one of ``output_texts``; see :mod:`megaproc.task.correctness`), ``answer_loss`` (mean
+equals one of ``output_texts``; see :mod:`megaproc.eval.answer_correctness`), ``answer_loss`` (mean
 cross entropy per answer token of ``output_texts[0]``), ``num_examples`` and ``num_dropped``
 (longer than the model's context).  With ``--prefix`` (an indexed ``.bin/.idx`` pair) it adds
 ``val_loss``, ``val_ppl``, ``val_token_acc`` and ``num_tokens`` over ``--max-batches``
@@ -108,8 +108,8 @@ def model_context(model) -> int:
 
 def evaluate_split(model, tokenizer, path: str, records: list[dict], max_tokens: int,
                    batch_size: int) -> dict:
-    """Accuracy and answer loss on split records (see :mod:`megaproc.task.heldout`)."""
-    from megaproc.task.heldout import HeldoutEvaluator
+    """Accuracy and answer loss on split records (see :mod:`megaproc.eval.task_accuracy`)."""
+    from megaproc.eval.task_accuracy import HeldoutEvaluator
 
     evaluator = HeldoutEvaluator(records, tokenizer, max_tokens, batch_size=batch_size)
     result = evaluator.run(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
@@ -158,7 +158,7 @@ def run(args) -> dict:
         raise EvaluateError("--batch-size must be > 0")
     records = None
     if args.split:  # check the input before the (slow) model load
-        from megaproc.task.heldout import load_eval_records
+        from megaproc.eval.task_accuracy import load_eval_records
 
         if not Path(args.split).is_file():
             raise EvaluateError(f"--split {args.split}: file not found")

@@ -14,7 +14,7 @@ from megaproc import checkpoint as ckpt
 from megaproc import distributed as dist_utils
 from megaproc.config import Config, fingerprint, to_dict, to_yaml
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.engine import build_ds_config, build_engine, zero_stage
+from megaproc.engine import build_ds_config, build_engine
 from megaproc.hooks.base import Hook
 from megaproc.metrics import LossMeter
 

@@ -4,7 +4,7 @@ Two sections drive procedural pre-pretraining (see ``configs/pptrain.yaml``):
 
 ``task:``
     The synthetic task streamed as training data.  ``kind: graph_search`` trains on live
-    graph-search examples (:mod:`megaproc.task.source`); ``kind: none`` (default) trains on
+    graph-search examples (:mod:`megaproc.data.task_source`); ``kind: none`` (default) trains on
     ``data.*`` as usual.  ``splits_dir`` is a directory written by
     ``python -m data_tools.build_splits`` (``.../mis{n}_look{L}_seed{seed}``): the prompts of
     its ``eval/test/mixin.jsonl`` never appear in training, and its ``eval.jsonl`` feeds the

@@ -7,7 +7,7 @@ at the largest valid lookahead).
 Window
     After every micro-batch the correctness of each training example (greedy full-word
     prediction of its answer, from the training forward itself; see
-    :mod:`megaproc.task.correctness`) is all-gathered from every rank and appended in rank
+    :mod:`megaproc.eval.answer_correctness`) is all-gathered from every rank and appended in rank
     order to a window of the last ``curr_window`` examples.  The window is therefore the same
     on every rank, holds ``micro_batch * grad_accum * world_size`` new examples per optimizer
     step, and costs no extra forward (it works under ZeRO-3).
@@ -39,7 +39,7 @@ import torch
 from megaproc import distributed as dist_utils
 from megaproc.hooks.base import Hook
 from megaproc.hooks.task_eval import HeldoutLog, build_heldout_evaluator
-from megaproc.task.correctness import teacher_forced_correct, word_continuation_table
+from megaproc.eval.answer_correctness import teacher_forced_correct, word_continuation_table
 
 
 def gather_flags(local: torch.Tensor) -> list[int]:

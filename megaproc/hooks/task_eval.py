@@ -15,7 +15,7 @@ from pathlib import Path
 from megaproc import distributed as dist_utils
 from megaproc.hooks.base import Hook
 from megaproc.hooks.logging import JsonlWriter, drop_records_after
-from megaproc.task.heldout import HeldoutEvaluator, evaluate_engine, load_eval_records
+from megaproc.eval.task_accuracy import HeldoutEvaluator, evaluate_engine, load_eval_records
 
 
 def build_heldout_evaluator(trainer) -> HeldoutEvaluator | None:

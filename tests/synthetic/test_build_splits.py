@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from data_tools.build_splits import build_splits, main, split_dir_name
-from megaproc.data.synthetic import GraphSearchGenerator, load_split, reserved_prompts
+from megaproc.synthetic import GraphSearchGenerator, ReservedPrompts, load_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = dict(eval_size=30, test_size=40, mixin_size=80)
@@ -38,7 +38,7 @@ def test_sizes_disjoint_and_meta(tmp_path):
     assert not set(prompt_sets["eval"]) & set(prompt_sets["test"])
     assert not set(prompt_sets["eval"]) & set(prompt_sets["mixin"])
     assert not set(prompt_sets["test"]) & set(prompt_sets["mixin"])
-    assert len(reserved_prompts(split_dir)) == 150
+    assert len(ReservedPrompts.from_split_dir(split_dir)) == 150
 
     meta = json.load(open(os.path.join(split_dir, "meta.json")))
     assert meta["counts"] == {"eval": 30, "test": 40, "mixin": 80}

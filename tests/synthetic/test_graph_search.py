@@ -11,7 +11,7 @@ from collections import Counter, defaultdict, deque
 
 import pytest
 
-from megaproc.data.synthetic import GraphSearchGenerator, lookahead_depth
+from megaproc.synthetic import GraphSearchGenerator, lookahead_depth
 
 
 def quiet_generator(*args, **kwargs) -> GraphSearchGenerator:

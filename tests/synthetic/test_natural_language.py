@@ -7,8 +7,8 @@ import random
 import re
 import warnings
 
-from megaproc.data.synthetic import GraphSearchGenerator, render_search_prompt
-from megaproc.data.synthetic.natural_language import (EDGE_TEMPLATES, FIRST_NAMES, RESERVED_WORDS,
+from megaproc.synthetic import GraphSearchGenerator, render_search_prompt
+from megaproc.synthetic.natural_language import (EDGE_TEMPLATES, FIRST_NAMES, RESERVED_WORDS,
                                                       random_attributes)
 
 WORD = r"([a-z]+)"

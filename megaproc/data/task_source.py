@@ -23,66 +23,25 @@ Resume
 Prefetch
     While the model computes, a background thread builds the next ``PREFETCH_DEPTH``
     micro-batches, each for its key ``(lane position, stage)``
-    (:class:`~megaproc.task.prefetch.ChainPrefetcher`).  A prefetched batch is used only if its
+    (:class:`~megaproc.data.prefetch.ChainPrefetcher`).  A prefetched batch is used only if its
     key is the current one, so a stage change (the curriculum advances between steps) never
     serves examples of the old stage; the thread has its own tokenizer copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 from megaproc import distributed as dist_utils
 from megaproc.checkpoint import ResumeError
-from megaproc.data.synthetic import GraphSearchGenerator
-from megaproc.task.encoding import TaskEncoder, collate_task
-from megaproc.task.prefetch import ChainPrefetcher
+from megaproc.synthetic import GraphSearchGenerator, ReservedPrompts
+from megaproc.data.task_encoding import TaskEncoder, collate_task
+from megaproc.data.prefetch import ChainPrefetcher
 
 SOURCE_NAME = "graph_search"
 SKIP_REASONS = ("rejected", "reserved", "too_long")
 PREFETCH_DEPTH = 4  # micro-batches built ahead
-
-
-class ReservedPrompts:
-    """Membership test for the prompts of a split directory, kept as 16-byte digests.
-
-    The prompts of a full-size split (57,000 examples of a few KB each) would take hundreds of
-    MB per rank as strings; their BLAKE2b digests take a few MB.
-    """
-
-    def __init__(self, digests: set[bytes] | None = None):
-        self.digests = digests or set()
-
-    @staticmethod
-    def digest(prompt: str) -> bytes:
-        """The digest a prompt is stored under."""
-        return hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
-
-    @classmethod
-    def from_split_dir(cls, split_dir: str, splits=("eval", "test", "mixin")) -> "ReservedPrompts":
-        """Digests of every prompt in ``split_dir/{eval,test,mixin}.jsonl`` (missing files skipped)."""
-        digests = set()
-        for split in splits:
-            path = os.path.join(split_dir, f"{split}.jsonl")
-            if not os.path.isfile(path):
-                continue
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        digests.add(cls.digest(json.loads(line)["prompt"]))
-        return cls(digests)
-
-    def __contains__(self, prompt: str) -> bool:
-        return self.digest(prompt) in self.digests
-
-    def __len__(self) -> int:
-        return len(self.digests)
-
-    def fingerprint(self) -> str:
-        """Hash of the reserved set (a resume refuses a changed set: the stream would differ)."""
-        return hashlib.sha256(b"".join(sorted(self.digests))).hexdigest()[:16]
 
 
 class TaskBatchSource:

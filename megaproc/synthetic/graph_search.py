@@ -68,7 +68,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from megaproc.data.synthetic.natural_language import render_search_prompt
+from megaproc.synthetic.natural_language import render_search_prompt
 
 # Bump when a change alters which examples are produced for a given (seed, stage, index).
 GENERATOR_VERSION = 1

@@ -138,7 +138,7 @@ def test_evaluate_cli_on_exported_model_and_checkpoint(runs, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from megaproc.checkpoint import latest_checkpoint
-    from megaproc.task.heldout import HeldoutEvaluator, load_eval_records
+    from megaproc.eval.task_accuracy import HeldoutEvaluator, load_eval_records
 
     ckpt = latest_checkpoint(runs["pretrain"])
     export_dir = runs["tmp"] / "export"

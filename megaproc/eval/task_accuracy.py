@@ -6,7 +6,7 @@ start and after every stage advance), by the periodic task eval of pretraining r
 
 * ``heldout_acc``: fraction of examples whose greedy answer equals one of ``output_texts``
   (every valid answer is checked with one teacher-forced row; see
-  :mod:`megaproc.task.correctness` for why that equals greedy decoding).
+  :mod:`megaproc.eval.answer_correctness` for why that equals greedy decoding).
 * ``heldout_loss``: mean cross entropy per answer token of ``output_texts[0]`` (token-weighted
   over all examples).
 * ``num_examples``: examples evaluated; ``num_dropped``: examples left out because the prompt
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.task.correctness import (answer_token_loss, teacher_forced_correct,
+from megaproc.eval.answer_correctness import (answer_token_loss, teacher_forced_correct,
                                        word_continuation_table)
-from megaproc.task.encoding import TaskEncoder, collate_task
+from megaproc.data.task_encoding import TaskEncoder, collate_task
 
 
 def eval_subset(records: list[dict], size: int, seed: int) -> list[dict]:

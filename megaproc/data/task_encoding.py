@@ -5,7 +5,7 @@ tokenizer defines them; prompt and answer are tokenized separately, as
 :class:`megaproc.data.mixin.JsonlTaskDataset` does, so the pre-pretraining stream and the
 pretraining mixin agree token for token).  Besides the batch contract's ``answer_mask`` (the
 answer tokens and the eos: what the weighted loss up-weights) every sample carries the two
-masks that decide correctness (see :mod:`megaproc.task.correctness`):
+masks that decide correctness (see :mod:`megaproc.eval.answer_correctness`):
 
 * ``word_mask``: the answer's tokens (the greedy prediction must equal each of them);
 * ``boundary_mask``: the position after the answer (the eos) when the answer text ends in a

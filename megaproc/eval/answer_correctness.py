@@ -28,7 +28,7 @@ Several valid answers (``len(output_texts) > 1``)
       valid answer counts as wrong in the curriculum window.  This is conservative (it can
       only delay an advance) and rare: the generator gives several answers only when two
       children of the current vertex both lie on shortest paths to the goal.
-    * Held-out evaluation (:mod:`megaproc.task.heldout`, ``python -m megaproc.evaluate``)
+    * Held-out evaluation (:mod:`megaproc.eval.task_accuracy`, ``python -m megaproc.evaluate``)
       checks every valid answer — one teacher-forced row per answer — and counts the example
       as correct when the greedy prediction equals any of them.
 """
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.task.encoding import is_word_character
+from megaproc.data.task_encoding import is_word_character
 
 
 def word_continuation_table(tokenizer, vocab_size: int | None = None) -> torch.Tensor:

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.task.correctness import (teacher_forced_correct, text_matches_answer,
+from megaproc.eval.answer_correctness import (teacher_forced_correct, text_matches_answer,
                                        word_continuation_table)
-from megaproc.task.encoding import TaskEncoder, collate_task
-from megaproc.task.heldout import HeldoutEvaluator
+from megaproc.data.task_encoding import TaskEncoder, collate_task
+from megaproc.eval.task_accuracy import HeldoutEvaluator
 
 
 def test_sample_layout_matches_the_jsonl_mixin(tokenizer, tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from megaproc.checkpoint import ResumeError
-from megaproc.data.synthetic import GraphSearchGenerator, SyntheticStream
-from megaproc.task.encoding import TaskEncoder
-from megaproc.task.source import ReservedPrompts, TaskBatchSource
+from megaproc.synthetic import GraphSearchGenerator
+from megaproc.data.task_encoding import TaskEncoder
+from megaproc.data.task_source import ReservedPrompts, TaskBatchSource
 
 
 def generator(**kwargs):
@@ -85,7 +85,9 @@ def test_too_long_examples_are_dropped_and_counted(tokenizer):
 def test_reserved_prompts_are_never_served(tokenizer, tmp_path):
     import json
 
-    first = SyntheticStream(generator(), 1, 0).take(12)
+    gen = generator()
+    drawn = (gen.example(i, 1) for i in range(10_000))
+    first = [e for e in drawn if e is not None][:12]
     split = tmp_path / "eval.jsonl"
     split.write_text("".join(json.dumps({"prompt": e.prompt, "output_texts": e.output_texts}) + "\n"
                              for e in first[::2]))
