@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "logging": ["tensorboard", "wandb", "matplotlib"],
-        "test": ["pytest>=7", "tensorboard", "wandb", "matplotlib"],
+        "test": ["pytest>=7", "tensorboard", "wandb", "matplotlib", "megatron-core==0.16.1"],
     },
     entry_points={
         "console_scripts": [

@@ -266,22 +266,3 @@ def test_missing_files(tmp_path):
     prefix = str(tmp_path / "missing")
     assert not IndexedDataset.exists(prefix)
     check_error(prefix, "not found")
-
-
-def test_megatron_core_reads_ours_and_we_read_theirs(tmp_path):
-    """Cross-check with megatron-core's own implementation when it is importable (skipped otherwise)."""
-    megatron = pytest.importorskip("megatron.core.datasets.indexed_dataset")
-    torch = pytest.importorskip("torch")
-    ours = build(tmp_path / "ours")
-    theirs_reader = megatron.IndexedDataset(ours)
-    assert [theirs_reader[i].tolist() for i in range(len(theirs_reader))] == SEQUENCES
-    assert theirs_reader.document_indices.tolist() == DOCUMENT_INDICES
-    writer = megatron.IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=np.uint16)
-    writer.add_item(torch.tensor(SEQUENCES[0]))
-    writer.add_item(torch.tensor(SEQUENCES[1]))
-    writer.end_document()
-    writer.add_document(torch.tensor(SEQUENCES[2] + SEQUENCES[3]), [len(SEQUENCES[2]), len(SEQUENCES[3])])
-    writer.finalize(str(tmp_path / "theirs.idx"))
-    theirs = IndexedDataset(str(tmp_path / "theirs"))
-    assert [theirs[i].tolist() for i in range(len(theirs))] == SEQUENCES
-    assert (tmp_path / "theirs.bin").read_bytes() == (tmp_path / "ours.bin").read_bytes()
