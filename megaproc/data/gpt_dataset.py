@@ -1,28 +1,33 @@
 """Fixed-length GPT training samples cut from an :class:`~megaproc.data.indexed.IndexedDataset`.
 
-Three index arrays define the samples (the Megatron scheme):
+Three index arrays define the samples (the Megatron scheme), always built for **whole epochs**
+of ``document_range`` - as few as hold the requested samples - so that every array is a
+function of (seed, epoch, data, seq_len, document range) and never of the number of samples
+asked for.  A dataset built for ``N`` samples and one built for ``2N`` therefore serve the
+same first ``N`` samples: a resume with a longer plan (larger ``train.max_steps``) continues
+the data order instead of reshuffling it.
 
-- **document index**: the document ids of ``document_range`` tiled over as many epochs as
-  ``num_samples`` needs, each epoch shuffled independently with a seeded numpy Generator, so
-  every document appears once per epoch (epoch ``e`` is seeded by ``(seed, e)``, so a
-  longer run extends the order of a shorter one);
+- **document index**: the document ids of ``document_range`` tiled over the epochs, each
+  epoch shuffled independently with a numpy Generator seeded by ``(seed, 0, epoch)``, so every
+  document appears once per epoch;
 - **sample index** (int64 ``[S + 1, 2]``): row ``s`` is the (document-index position, token
   offset) where sample ``s`` starts.  Documents are concatenated in document-index order and
   sample ``s`` is the ``seq_len + 1`` tokens starting at global token ``s * seq_len``, so
   consecutive samples share one token (the label of the last input) and samples cross document
-  boundaries.  With ``add_extra_token=False`` samples are ``seq_len`` tokens, no overlap.
-  Row ``S`` is where the following sample would start;
-- **shuffle index** (int64 ``[S]``): a permutation of the samples **per epoch** (a sample
-  belongs to the epoch holding its last token, so a one-epoch dataset is exactly the first
-  epoch block of a longer one).  The first samples of the dataset thus
-  exhaust epoch 1 before any of epoch 2 is seen, and when ``num_samples`` ends inside an epoch
-  that last epoch contributes a random subset of its documents (those first in its shuffled
-  order).
+  (and epoch) boundaries.  With ``add_extra_token=False`` samples are ``seq_len`` tokens, no
+  overlap.  ``S`` is every sample the epochs hold; row ``S`` is where the next would start;
+- **shuffle index** (int64 ``[S]``): a permutation of the samples **per epoch**, seeded by
+  ``(seed, 1, epoch)`` (a sample belongs to the epoch holding its last token, so how many
+  samples an epoch has depends only on the data).  The dataset serves epoch 0's samples in
+  shuffled order, then epoch 1's, ...; ``len(dataset)`` is the requested count, a prefix of
+  the ``S`` samples, and when it ends inside an epoch that epoch contributes a random subset.
 
 The arrays are built with vectorised numpy in bounded-memory chunks and cached as ``.npy``
-under a key covering every input *and* the ``.idx`` fingerprint, so a regenerated index under
-the same prefix gets fresh arrays; see :mod:`megaproc.data.index_cache` for the distributed
-build protocol.  Cache hits memory-map the arrays and take milliseconds.
+under a key covering every input - including the number of epochs and the ``.idx``
+fingerprint - so a regenerated index under the same prefix, or a plan needing more epochs,
+gets fresh arrays, while a plan change within the same epochs reuses them; see
+:mod:`megaproc.data.index_cache` for the distributed build protocol.  Cache hits memory-map
+the arrays and take milliseconds.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from megaproc.data.index_cache import IndexCache, cache_dir_for_prefix
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whole epochs, keyed by the epoch count instead of the sample count
 ARRAY_NAMES = ("document_index", "sample_index", "shuffle_index", "flags")
 _CHUNK = 1 << 22  # document-index positions handled per vectorised chunk
 
@@ -89,10 +94,12 @@ class GPTDataset:
     """Samples of ``seq_len + 1`` tokens (``seq_len`` without the extra token) from ``indexed``.
 
     ``num_samples=None`` means exactly one epoch of ``document_range`` (default: all
-    documents); otherwise the documents are tiled over enough epochs to provide
-    ``num_samples`` samples and the dataset has exactly that length.  ``__getitem__(i)``
-    returns ``{"tokens": int64 array}``.  ``seed`` drives the document and sample shuffles;
-    ``name`` (e.g. ``"train"``/``"valid"``) separates caches of different roles.
+    documents); otherwise the index arrays cover as many whole epochs as hold ``num_samples``
+    samples and the dataset has exactly ``num_samples`` samples, the first of those.
+    ``__getitem__(i)`` returns ``{"tokens": int64 array}``.  ``seed`` drives the document and
+    sample shuffles; ``name`` (e.g. ``"train"``/``"valid"``) separates caches of different
+    roles.  ``document_index``, ``sample_index`` and ``shuffle_index`` are the whole-epoch
+    arrays (``shuffle_index`` may be longer than ``len(self)``).
     """
 
     def __init__(self, indexed, seq_len: int, num_samples: int | None, seed: int,
@@ -117,16 +124,43 @@ class GPTDataset:
                              f"{num_docs} documents of {indexed.path_prefix}")
         self.document_range = (int(first), int(last))
         self.requested_samples = num_samples
+        self.tokens_per_epoch = self._range_tokens()
+        epochs, self._num_samples = self._plan(num_samples)
         description = {
             "kind": "GPTDataset", "version": FORMAT_VERSION, "fingerprint": indexed.fingerprint(),
-            "seq_len": self.seq_len, "seed": self.seed, "num_samples": num_samples,
+            "seq_len": self.seq_len, "seed": self.seed, "epochs": epochs,
             "document_range": list(self.document_range), "name": name,
             "add_extra_token": self.add_extra_token,
         }
         self.cache_dir = cache_dir_for_prefix(indexed.path_prefix, cache_dir)
         self.cache = IndexCache(self.cache_dir, name, description, ARRAY_NAMES)
-        arrays, self.built_index = self.cache.get_or_build(self._build_arrays)
+        arrays, self.built_index = self.cache.get_or_build(lambda: self._build_arrays(epochs))
         self._attach(arrays)
+
+    def samples_in_epochs(self, epochs: int) -> int:
+        """Samples whose last token lies in the first ``epochs`` epochs of the document range."""
+        return max(0, (epochs * self.tokens_per_epoch - int(self.add_extra_token)) // self.seq_len)
+
+    def _range_tokens(self) -> int:
+        doc_idx = self.indexed.document_indices
+        first, last = self.document_range
+        lengths = self.indexed.sequence_lengths[int(doc_idx[first]):int(doc_idx[last])]
+        return int(lengths.sum(dtype=np.int64))
+
+    def _plan(self, num_samples: int | None) -> tuple[int, int]:
+        """``(epochs to build, dataset length)`` for ``num_samples`` (None: one epoch)."""
+        if num_samples is None:
+            samples = self.samples_in_epochs(1)
+            if samples == 0:
+                raise ValueError(
+                    f"{self.indexed.path_prefix}: documents {self.document_range} hold "
+                    f"{self.tokens_per_epoch} tokens, fewer than one sample of {self.sample_length}")
+            return 1, samples
+        if self.tokens_per_epoch == 0:
+            raise ValueError(f"{self.indexed.path_prefix}: documents {self.document_range} are empty")
+        # Fewest whole epochs E with samples_in_epochs(E) >= num_samples.
+        need = int(num_samples) * self.seq_len + int(self.add_extra_token)
+        return max(1, -(-need // self.tokens_per_epoch)), int(num_samples)
 
     # ------------------------------------------------------------------ building
     def _document_lengths(self) -> tuple[np.ndarray, bool]:
@@ -151,33 +185,18 @@ class GPTDataset:
         local = bounds - seq_first
         return seq_cum[local[1:]] - seq_cum[local[:-1]], False
 
-    def _build_arrays(self) -> dict[str, np.ndarray]:
+    def _build_arrays(self, epochs: int) -> dict[str, np.ndarray]:
         doc_lengths, single = self._document_lengths()
         first, last = self.document_range
         docs = last - first
-        tokens_per_epoch = int(doc_lengths.sum(dtype=np.int64))
-        extra = int(self.add_extra_token)
-        per_epoch = max(0, (tokens_per_epoch - extra) // self.seq_len)
-        if self.requested_samples is None:
-            if per_epoch == 0:
-                raise ValueError(
-                    f"{self.indexed.path_prefix}: documents {self.document_range} hold "
-                    f"{tokens_per_epoch} tokens, fewer than one sample of {self.sample_length}")
-            samples, epochs = per_epoch, 1
-        else:
-            if tokens_per_epoch == 0:
-                raise ValueError(f"{self.indexed.path_prefix}: documents {self.document_range} are empty")
-            samples = int(self.requested_samples)
-            epochs = max(1, -(-(samples * self.seq_len + extra) // tokens_per_epoch))
+        samples = self.samples_in_epochs(epochs)
         doc_dtype = np.int32 if last < 2**31 else np.int64
         document_index = _epoch_permutations(self.seed, docs, epochs, doc_dtype)
         document_index += doc_dtype(first)
         sample_index = self._sample_index(document_index, doc_lengths, first, samples)
-        # Sample s belongs to the epoch holding its last token; samples with their last token
-        # before epoch e's end number ceil((e * T - L + 1) / seq_len).
-        ends = np.arange(1, epochs + 1, dtype=np.int64) * tokens_per_epoch - self.sample_length + 1
-        epoch_bounds = np.concatenate([[0], np.clip(-(-ends // self.seq_len), 0, samples)])
-        epoch_bounds[-1] = samples
+        # Epoch e's samples are those with their last token in epoch e: samples_in_epochs(e)
+        # up to samples_in_epochs(e + 1), a count that depends on the data only.
+        epoch_bounds = np.array([self.samples_in_epochs(e) for e in range(epochs + 1)], dtype=np.int64)
         shuffle_index = _blockwise_permutation(self.seed, epoch_bounds)
         flags = np.array([int(single)], dtype=np.int64)
         return {"document_index": document_index, "sample_index": sample_index,
@@ -220,7 +239,6 @@ class GPTDataset:
         self._single_sequence_docs = bool(arrays["flags"][0])
         self._lengths = self.indexed.sequence_lengths
         self._doc_bounds = self.indexed.document_indices
-        self._num_samples = len(self.shuffle_index)
         self._last_position = len(self.document_index) - 1
 
     def __getstate__(self) -> dict:

@@ -1,4 +1,5 @@
-"""GPTDataset: samples equal a naive reference, int64 indices, per-epoch shuffles, caching."""
+"""GPTDataset: samples equal a naive reference, int64 indices, per-epoch shuffles over whole
+epochs, caching."""
 
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ def test_samples_equal_naive_reference(tmp_path, add_extra_token, num_samples):
     expected_len = (tokens_per_epoch - extra) // seq_len if num_samples is None else num_samples
     assert len(ds) == expected_len
     assert_per_epoch_permutation(ds.document_index, 0, 40)
-    assert sorted(np.asarray(ds.shuffle_index).tolist()) == list(range(len(ds)))
-    reference = naive_samples(indexed, ds.document_index, seq_len, seq_len + extra, len(ds))
+    # The indices cover whole epochs: every sample of the tiled epochs, once.
+    whole = (ds.num_epochs * tokens_per_epoch - extra) // seq_len
+    assert len(ds.shuffle_index) == whole >= len(ds)
+    assert sorted(np.asarray(ds.shuffle_index).tolist()) == list(range(whole))
+    reference = naive_samples(indexed, ds.document_index, seq_len, seq_len + extra, whole)
     for i in range(len(ds)):
         tokens = ds[i]["tokens"]
         assert tokens.dtype == np.int64 and len(tokens) == seq_len + extra
@@ -57,7 +61,7 @@ def test_multi_sequence_documents_are_concatenated(tmp_path):
             for _ in range(25)]
     indexed = write_indexed(tmp_path / "m", docs)
     ds = GPTDataset(indexed, 8, 60, seed=2, cache_dir=str(tmp_path / "c"))
-    reference = naive_samples(indexed, ds.document_index, 8, 9, len(ds))
+    reference = naive_samples(indexed, ds.document_index, 8, 9, len(ds.shuffle_index))
     for i in range(len(ds)):
         np.testing.assert_array_equal(ds[i]["tokens"], reference[int(ds.shuffle_index[i])])
 
@@ -65,13 +69,14 @@ def test_multi_sequence_documents_are_concatenated(tmp_path):
 def test_indices_are_int64_and_shuffled_per_epoch(tmp_path):
     indexed = write_indexed(tmp_path / "d", random_documents(3, 30, min_len=5))
     ds = GPTDataset(indexed, 10, 200, seed=1, cache_dir=str(tmp_path / "c"))
-    assert ds.sample_index.dtype == np.int64 and ds.sample_index.shape == (201, 2)
-    assert ds.shuffle_index.dtype == np.int64
+    tokens_per_epoch = int(indexed.sequence_lengths.sum())
+    whole = (ds.num_epochs * tokens_per_epoch - 1) // 10  # every sample of the whole epochs
+    assert ds.sample_index.dtype == np.int64 and ds.sample_index.shape == (whole + 1, 2)
+    assert ds.shuffle_index.dtype == np.int64 and len(ds.shuffle_index) == whole
     assert ds.num_epochs > 2
     # The shuffle never mixes epochs (a sample belongs to the epoch of its last token), so
     # epoch 0 is exhausted before epoch 1 begins.
-    tokens_per_epoch = int(indexed.sequence_lengths.sum())
-    epoch_of = (np.arange(len(ds)) * 10 + 10) // tokens_per_epoch
+    epoch_of = (np.arange(whole) * 10 + 10) // tokens_per_epoch
     order = epoch_of[np.asarray(ds.shuffle_index)]
     assert np.all(np.diff(order) >= 0)
     assert not np.array_equal(ds.shuffle_index, np.arange(len(ds)))
@@ -96,7 +101,8 @@ def test_longer_run_extends_the_order(tmp_path):
     np.testing.assert_array_equal(long.document_index[:40], full_epoch.document_index)
     for i in range(len(full_epoch)):  # the whole first epoch is identical
         np.testing.assert_array_equal(long[i]["tokens"], full_epoch[i]["tokens"])
-    assert set(np.asarray(short.shuffle_index).tolist()) == set(range(30))
+    for i in range(len(short)):  # a partial epoch is the start of the full one
+        np.testing.assert_array_equal(short[i]["tokens"], full_epoch[i]["tokens"])
 
 
 def test_cache_hit_loads_memory_mapped_arrays(tmp_path):
@@ -106,11 +112,14 @@ def test_cache_hit_loads_memory_mapped_arrays(tmp_path):
     assert first.built_index and not second.built_index
     assert not second.shuffle_index.flags.writeable  # memory-mapped read-only from the cache
     np.testing.assert_array_equal(first.sample_index, second.sample_index)
-    for other in (dict(seq_len=9), dict(num_samples=101), dict(name="valid"),
+    for other in (dict(seq_len=9), dict(num_samples=10 * len(first.shuffle_index)), dict(name="valid"),
                   dict(add_extra_token=False), dict(document_range=(0, 29))):
         kwargs = dict(seq_len=8, num_samples=100, seed=0, cache_dir=str(tmp_path / "c"))
         kwargs.update(other)
         assert GPTDataset(indexed, **kwargs).built_index, other
+    # Another sample count within the same whole epochs reuses the arrays.
+    within = GPTDataset(indexed, 8, len(first.shuffle_index), seed=0, cache_dir=str(tmp_path / "c"))
+    assert not within.built_index and len(within) == len(first.shuffle_index)
     assert not [p for p in os.listdir(tmp_path / "c") if ".tmp" in p]
 
 
@@ -133,7 +142,7 @@ def test_regenerated_idx_under_same_prefix_rebuilds_cache(tmp_path):
     fresh = GPTDataset(new, 8, 40, seed=0, cache_dir=cache)
     assert fresh.built_index
     assert not np.array_equal(fresh.sample_index, stale.sample_index)
-    reference = naive_samples(new, fresh.document_index, 8, 9, len(fresh))
+    reference = naive_samples(new, fresh.document_index, 8, 9, len(fresh.shuffle_index))
     for i in range(len(fresh)):
         np.testing.assert_array_equal(fresh[i]["tokens"], reference[int(fresh.shuffle_index[i])])
 
