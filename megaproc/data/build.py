@@ -4,6 +4,12 @@ The train dataset is always a :class:`~megaproc.data.blended.BlendedDataset`, so
 carries a ``source`` id even with a single corpus.  The synthetic mixin, when configured, is
 one more source that receives ``mixin_percent`` of the samples (or tokens, with
 ``blend_by: tokens``); the real sources share the rest in proportion to their weights.
+
+Every source is sized by the share of *samples* it actually gets in the blend (with token
+weighting a short-example mixin gets more samples than ``mixin_percent``), so no source wraps
+around before the blend ends.  Since each source's order and the blend assignment depend only
+on the seed and the data, the datasets built for ``N`` and for ``2N`` train samples serve the
+same first ``N`` samples: a longer plan on resume continues the data order.
 """
 
 from __future__ import annotations
@@ -61,21 +67,41 @@ def source_names(prefixes: list[str]) -> list[str]:
 
 
 def samples_needed(share: float, total: int) -> int:
-    """Samples to build for a source getting ``share`` of ``total`` (with a safety margin;
-    the blend wraps around a source anyway, so the margin only avoids early repeats)."""
+    """Samples to build for a source getting ``share`` of the samples of a ``total``-sample blend.
+
+    The blend rule gives source ``j`` fewer than ``share * n + 1`` of the first ``n`` samples
+    (it only picks a source whose score ``share * (n + 1) - count`` is positive), so
+    ``floor(share * total) + 1`` always suffice; the margin on top is Megatron's habit.
+    ``share`` must be the source's fraction of *samples* (see :func:`sample_weights`).
+    """
     return int(math.ceil(share * total * _MARGIN)) + 8 if share > 0 else 1
 
 
-def build_mixin(path: str, tokenizer, seq_len: int, seed: int, num_samples: int, cache_dir):
-    """The mixin source: a ``.jsonl`` of prompt/answer examples or an indexed prefix."""
+def build_mixin(path: str, tokenizer, seq_len: int, seed: int, cache_dir, samples_for):
+    """The mixin source: a ``.jsonl`` of prompt/answer examples or an indexed prefix.
+
+    ``samples_for(tokens_per_sample)`` gives the number of samples the mixin must provide; it
+    is called with the mixin's mean sample length once that is known (after scanning a
+    ``.jsonl``), since with token weighting the sample share depends on it.
+    """
     if IndexedDataset.exists(path):
-        return GPTDataset(IndexedDataset(path), seq_len, num_samples, seed, cache_dir=cache_dir,
-                          name=MIXIN_NAME)
+        return GPTDataset(IndexedDataset(path), seq_len, samples_for(seq_len + 1), seed,
+                          cache_dir=cache_dir, name=MIXIN_NAME)
     if os.path.isfile(path):
-        return JsonlTaskDataset(path, tokenizer, seq_len, seed=seed, num_samples=num_samples,
-                                name=MIXIN_NAME)
+        examples = JsonlTaskDataset(path, tokenizer, seq_len, seed=seed, name=MIXIN_NAME)
+        return examples.resized(samples_for(examples.mean_tokens_per_sample()))
     raise FileNotFoundError(f"data.mixin: not found: {path} (expected a .jsonl file or an "
                             "indexed prefix with .bin/.idx)")
+
+
+def _check_no_wrap(blend: BlendedDataset) -> None:
+    """Raise if a source of ``blend`` is shorter than the samples the blend takes from it
+    (it would wrap around and repeat its first samples; a sizing bug, never expected)."""
+    counts = blend.source_counts(len(blend))
+    for name, count, source in zip(blend.source_names, counts, blend.datasets):
+        if count > len(source):
+            raise RuntimeError(f"blend source {name!r} has {len(source)} samples but the blend "
+                               f"takes {count}: it would wrap around")
 
 
 def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_samples: int,
@@ -122,18 +148,21 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
         train_ranges = [s[0] for s in splits]
         valid_ranges = [s[1] for s in splits]
 
-    sample_length = seq_len + 1
+    sample_length = seq_len + 1  # GPTDataset samples carry the extra label token
+
+    def sample_shares(mixin_tokens: float | None = None):
+        """Each source's fraction of the samples (differs from ``weights`` by tokens)."""
+        if blend_by != "tokens":
+            return sample_weights(weights)
+        tokens = [float(sample_length)] * len(train_indexed)
+        return sample_weights(weights, tokens + ([mixin_tokens] if use_mixin else []))
+
     mixin_ds = None
     if use_mixin:
-        mixin_ds = build_mixin(str(mixin), tokenizer, seq_len, seed,
-                               samples_needed(mixin_percent, train_samples), cache_dir)
+        mixin_ds = build_mixin(str(mixin), tokenizer, seq_len, seed, cache_dir,
+                               lambda t: samples_needed(sample_shares(t)[-1], train_samples))
         names.append(MIXIN_NAME)
-    tokens = None
-    if blend_by == "tokens":
-        tokens = [float(sample_length)] * len(train_indexed)
-        if mixin_ds is not None:
-            tokens.append(mixin_ds.mean_tokens_per_sample())
-    shares = sample_weights(weights, tokens)
+    shares = sample_shares(mixin_ds.mean_tokens_per_sample() if mixin_ds is not None else None)
     sources = [
         GPTDataset(ix, seq_len, samples_needed(shares[j], train_samples), seed,
                    document_range=train_ranges[j], cache_dir=cache_dir, name="train")
@@ -143,6 +172,7 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
         sources.append(mixin_ds)
     train = BlendedDataset(sources, weights, train_samples, by=blend_by, seed=seed,
                            cache_dir=cache_dir, names=names)
+    _check_no_wrap(train)
 
     valid = None
     if valid_samples > 0 and (valid_sources or valid_ranges):
@@ -159,4 +189,5 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
                   for j, ix in enumerate(v_indexed)]
         valid = BlendedDataset(v_sets, list(v_weights), valid_samples, by=blend_by, seed=seed,
                                cache_dir=cache_dir, names=v_names)
+        _check_no_wrap(valid)
     return train, valid, names

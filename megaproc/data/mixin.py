@@ -10,11 +10,13 @@ arrays (no per-example Python objects are kept) and drops examples longer than
 ``seq_len + 1`` tokens with a warning (:attr:`JsonlTaskDataset.num_dropped`).  Items are
 re-read and re-tokenized when requested.  Index ``i`` is example ``perm(i // n)[i % n]`` where
 ``perm(e)`` is a seeded permutation of the ``n`` kept examples for pass ``e``, so the dataset
-cycles deterministically with a fresh order every pass.
+cycles deterministically with a fresh order every pass, and item ``i`` depends only on the
+file, the tokenizer and the seed - never on ``num_samples`` (which only sets ``len()``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -160,6 +162,21 @@ class JsonlTaskDataset:
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def resized(self, num_samples: int) -> "JsonlTaskDataset":
+        """The same examples and order with ``len() == num_samples``, without rescanning the file.
+
+        Item ``i`` does not depend on the length (it is ``perm(i // n)[i % n]``), so a resized
+        copy agrees with this dataset on every index both hold.
+        """
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be non-negative, got {num_samples}")
+        clone = copy.copy(self)  # shares the read-only offset/length arrays
+        # Per-instance state: own file descriptor (closed by __del__), tokenizer backend and
+        # permutation cache, so neither copy closes or mutates what the other uses.
+        clone._fd, clone._fd_pid, clone._backend, clone._perm = None, None, None, (None, None)
+        clone.num_samples = int(num_samples)
+        return clone
 
     @property
     def num_examples(self) -> int:
