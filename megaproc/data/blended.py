@@ -195,15 +195,16 @@ def interleave(weights, size: int) -> np.ndarray:
 
 def mean_tokens_per_sample(dataset, probes: int = 256) -> float:
     """Mean sample length of ``dataset``: its ``mean_tokens_per_sample()`` if it has one, else
-    the mean ``len(tokens)`` over up to ``probes`` evenly spaced samples."""
+    the mean ``len(tokens)`` over its first ``probes`` samples."""
     method = getattr(dataset, "mean_tokens_per_sample", None)
     if callable(method):
         return float(method())
     n = len(dataset)
     if n == 0:
         raise ValueError("cannot weight an empty dataset by tokens")
-    picks = np.unique(np.linspace(0, n - 1, num=min(n, probes)).astype(np.int64))
-    return float(np.mean([len(dataset[int(i)]["tokens"]) for i in picks]))
+    # The first samples, not samples spread over len(dataset): the token weights (hence the
+    # whole assignment) must not change when the same source is built longer for a longer run.
+    return float(np.mean([len(dataset[i]["tokens"]) for i in range(min(n, probes))]))
 
 
 def sample_weights(weights, mean_tokens=None) -> np.ndarray:
@@ -223,7 +224,10 @@ class BlendedDataset:
 
     ``by="samples"`` makes the weights sample fractions; ``by="tokens"`` token fractions
     (see :func:`sample_weights`).  ``__getitem__(i)`` is the chosen source's sample dict with
-    ``"source": j`` added; a source shorter than its share wraps around.  ``seed`` does not
+    ``"source": j`` added; a source shorter than its share wraps around (the trainer's
+    builder sizes sources so that never happens).  The assignment of sample ``i`` depends only
+    on the weights, not on ``size``, so blends of ``N`` and ``2N`` samples over sources that
+    agree on their prefixes agree on their first ``N`` samples.  ``seed`` does not
     change the (deterministic) assignment; it is kept for a uniform dataset signature and is
     part of the cache key.  With ``cache_dir`` the two index arrays are cached as ``.npy``.
     """

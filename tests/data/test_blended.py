@@ -106,6 +106,39 @@ def test_token_weighted_blend_balances_tokens():
     np.testing.assert_allclose(by_tokens.weights, [0.8, 0.2])
 
 
+@pytest.mark.parametrize("by", ["samples", "tokens"])
+def test_blend_of_n_and_2n_samples_agree_on_the_first_n(tmp_path, by):
+    weights = [0.6, 0.3, 0.1]
+    lengths = [10, 40, 3]
+
+    def sources(scale):  # sources built longer for the longer blend, same prefixes
+        return [ListDataset(j, 1000 * scale, length=lengths[j]) for j in range(3)]
+
+    short = BlendedDataset(sources(1), weights, 1000, by=by, cache_dir=str(tmp_path))
+    long = BlendedDataset(sources(2), weights, 2000, by=by, cache_dir=str(tmp_path))
+    np.testing.assert_allclose(short.weights, long.weights)
+    for i in range(1000):
+        a, b = short[i], long[i]
+        assert a["source"] == b["source"]
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+
+
+class NoMeanDataset(ListDataset):
+    """A source without ``mean_tokens_per_sample``: the blend probes its samples."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {"tokens": item["tokens"][: 5 + i % 7]}
+
+
+def test_probed_token_weights_do_not_depend_on_the_source_length():
+    weights = [0.5, 0.5]
+    short = BlendedDataset([ListDataset(0, 300), NoMeanDataset(1, 300)], weights, 500, by="tokens")
+    long = BlendedDataset([ListDataset(0, 600), NoMeanDataset(1, 900)], weights, 1000, by="tokens")
+    np.testing.assert_array_equal(short.weights, long.weights)
+    np.testing.assert_array_equal(short.dataset_index, long.dataset_index[:500])
+
+
 def test_index_arrays_cached(tmp_path):
     sources = [ListDataset(0, 50), ListDataset(1, 50)]
     first = BlendedDataset(sources, [0.7, 0.3], 500, cache_dir=str(tmp_path))
