@@ -61,8 +61,8 @@ def _epoch_rng(seed: int, stream: int, epoch: int) -> np.random.Generator:
     """Generator for one epoch's shuffle; ``stream`` 0 = documents, 1 = samples.
 
     Seeding each epoch separately keeps an epoch's order independent of how many epochs are
-    built, so asking for more samples later (a longer run) extends the order instead of
-    reshuffling it: only the last, partial epoch changes.
+    built, so asking for more samples later (a longer run) appends epochs to the order instead
+    of reshuffling it.
     """
     return np.random.default_rng([seed, stream, epoch])
 
