@@ -65,13 +65,13 @@ def run_megaproc(args) -> float:
 
 def _batches(cfg, tokenizer):
     """The same data the trainer would see (built-in corpus), as collated micro-batches."""
-    from megaproc.components import _default_data_config
     from megaproc.data.batch import collate, rank_sample_indices
     from megaproc.data.build import build_train_valid
+    from megaproc.data.run_sources import resolved_data_config
     from megaproc.tokenizer import pad_id
 
     t, world = cfg.train, dist_utils.world_size()
-    train, _, _ = build_train_valid(_default_data_config(cfg), tokenizer, t.seq_len, cfg.run.seed,
+    train, _, _ = build_train_valid(resolved_data_config(cfg), tokenizer, t.seq_len, cfg.run.seed,
                                     t.max_steps * t.micro_batch * t.grad_accum * world, 1)
     consumed = 0
     while True:
@@ -88,17 +88,18 @@ def _loss(model, batch):
 
 
 def run_baseline(args, mode: str) -> float:
-    from megaproc.components import build_model_for_run, load_run_tokenizer
-    from megaproc.engine import build_ds_config, build_engine
+    from megaproc.engine import build_ds_config, build_engine, zero_stage
+    from megaproc.models.run_model import build_run_model
+    from megaproc.tokenizer import build_run_tokenizer
 
     cfg = bench_config(args, tempfile.mkdtemp(prefix="bench_base_"))
-    tokenizer = load_run_tokenizer(cfg)
+    tokenizer = build_run_tokenizer(cfg.data)
     ds_config = build_ds_config(cfg, dist_utils.world_size())
     torch.manual_seed(cfg.run.seed)
-    model = build_model_for_run(cfg, tokenizer, ds_config)
+    model = build_run_model(cfg.model, tokenizer, ds_config, zero_stage(ds_config), 1)
     batches = _batches(cfg, tokenizer)
     if mode == "deepspeed":
-        engine = build_engine(cfg, model, ds_config)
+        engine, _ = build_engine(cfg, model, ds_config)
 
         def step():
             for _ in range(args.grad_accum):

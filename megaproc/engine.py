@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from megaproc.config import Config, ConfigError
-from megaproc.schedules import ScheduleMultiplier
+from megaproc.schedules import ConfigSchedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,14 +118,20 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_engine(cfg: Config, model: torch.nn.Module, ds_config: dict):
-    """``deepspeed.initialize`` with the megaproc optimizer groups and LR schedule."""
+    """``deepspeed.initialize`` with the megaproc optimizer groups and LR schedule.
+
+    Returns ``(engine, schedule)``.  Only trainable parameters reach the optimizer, so frozen
+    weights get no gradient and no optimizer state under any ZeRO stage.
+    """
     import deepspeed
 
-    schedule = ScheduleMultiplier(cfg.schedule.kind, cfg.schedule.warmup_steps,
-                                  cfg.train.max_steps, cfg.schedule.min_lr_ratio)
+    schedules = []
 
     def make_scheduler(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # DeepSpeed calls this with its base optimizer; ZeRO keeps that optimizer's param_groups
+        # (it swaps the params inside them), so the LR set on them is the one that steps.
+        schedules.append(ConfigSchedule.from_config(optimizer, cfg))
+        return schedules[-1]
 
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -133,4 +139,4 @@ def build_engine(cfg: Config, model: torch.nn.Module, ds_config: dict):
         config=ds_config,
         lr_scheduler=make_scheduler,
     )
-    return engine
+    return engine, schedules[0]

@@ -8,10 +8,13 @@ import sys
 USER_ERROR_EXIT_CODE = 2
 
 
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
 def user_error_types() -> tuple:
     """Exception types that describe bad input rather than a bug."""
     from megaproc.checkpoint import ResumeError
-    from megaproc.config import ConfigError
     from megaproc.tokenizer import TokenizerError
 
     types = [ConfigError, ResumeError, TokenizerError, FileNotFoundError]

@@ -95,11 +95,9 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
 
 def split_settings(pptrain_config: str) -> dict:
     """Task settings of the pre-pretraining recipe (the splits must match them)."""
-    import megaproc.workflows  # noqa: F401  (registers the task section)
     from megaproc.config import load_config
-    from megaproc.workflows import task_config
 
-    task = task_config(load_config(pptrain_config))
+    task = load_config(pptrain_config).task
     return {"max_input_size": task.max_input_size, "max_lookahead": task.max_lookahead,
             "seed": task.seed, "symbolic": not task.natural_language}
 

@@ -78,3 +78,19 @@ def pad_id(tokenizer) -> int:
         if tid is not None:
             return int(tid)
     return 0
+
+
+def build_run_tokenizer(data_cfg, log=None):
+    """The run's tokenizer: ``data.tokenizer``, or the built-in default corpus's tokenizer (a run
+    that names its own training prefixes must name their tokenizer)."""
+    if data_cfg.tokenizer:
+        return load_tokenizer(data_cfg.tokenizer)
+    if data_cfg.train:
+        from megaproc.errors import ConfigError
+
+        raise ConfigError("config key 'data.tokenizer' must be set when data.train names prefixes")
+    from megaproc.data.default_corpus import ensure_default_corpus
+
+    tokenizer_dir, _ = ensure_default_corpus(data_cfg.default_vocab_size,
+                                             log=log or (lambda *a, **k: None))
+    return load_tokenizer(tokenizer_dir)

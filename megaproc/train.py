@@ -26,7 +26,9 @@ def run(argv=None) -> int:
     """Parse, build the trainer, train; returns the exit code."""
     args = parse_args(argv)
     from megaproc.config import load_config, to_yaml
+    from megaproc.console_log import setup_console_log
 
+    setup_console_log()
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(to_yaml(cfg), end="")
@@ -36,7 +38,10 @@ def run(argv=None) -> int:
 
     dist_utils.init_distributed(args.local_rank)
     trainer = Trainer(cfg)
-    return trainer.train()
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
 
 
 def main(argv=None) -> None:

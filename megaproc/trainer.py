@@ -1,22 +1,34 @@
-"""The Trainer: model, DeepSpeed engine, data and hooks around a short train loop."""
+"""The Trainer: builds a run's components from its config and runs the short train loop.
+
+Components are built by their own builders from explicit arguments (tokenizer, batch source,
+model, DeepSpeed engine and LR schedule, hooks, :class:`~megaproc.checkpoint.Checkpointer`);
+the loop is forward -> loss -> backward -> step -> hook events.  Hooks end training through
+:meth:`Trainer.request_stop`.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from megaproc import checkpoint as ckpt
 from megaproc import distributed as dist_utils
-from megaproc.config import Config, fingerprint, to_dict, to_yaml
-from megaproc.data.batch import IGNORE_INDEX
-from megaproc.engine import build_ds_config, build_engine
-from megaproc.hooks.base import Hook
+from megaproc.checkpoint import Checkpointer, ResumeError, read_trainer_state
+from megaproc.config import Config, experiment_settings, fingerprint, to_dict, to_yaml
+from megaproc.console_log import get_logger
+from megaproc.data.run_sources import build_batch_source, data_fingerprint
+from megaproc.engine import build_ds_config, build_engine, zero_stage
+from megaproc.errors import ConfigError
+from megaproc.hooks import Hook, Hooks, build_hooks
+from megaproc.loss import classification_loss, token_cross_entropy, training_loss, training_mask
 from megaproc.metrics import LossMeter
+from megaproc.tokenizer import build_run_tokenizer, pad_id
+
+log = get_logger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -26,143 +38,160 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def flat_config(cfg: Config) -> dict:
-    """The experiment-defining config as ``{"a.b": value}`` (paths and logging left out)."""
-    out = {}
-    for section, values in to_dict(cfg).items():
-        if section in ("run", "log", "checkpoint", "eval") or not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            out[f"{section}.{key}"] = value
-    out.pop("train.max_steps", None)
-    out["run.seed"] = cfg.run.seed
-    return out
+def resolve_grad_accum(cfg: Config, world_size: int) -> None:
+    """Derive ``train.grad_accum`` from ``train.total_batch_tokens`` when that is set."""
+    t = cfg.train
+    if t.total_batch_tokens is None:
+        return
+    per_step = t.micro_batch * t.seq_len * world_size
+    if t.total_batch_tokens % per_step:
+        raise ConfigError(f"config key 'train.total_batch_tokens' ({t.total_batch_tokens}) must be "
+                          f"a multiple of micro_batch * seq_len * world size ({per_step})")
+    t.grad_accum = t.total_batch_tokens // per_step
 
 
 class Trainer:
-    """Builds everything from a :class:`Config` and runs the loop."""
+    """One training run: ``Trainer(cfg).train()`` returns the process exit code."""
 
     def __init__(self, cfg: Config, extra_hooks: list[Hook] | None = None):
-        from megaproc.components import (build_data, build_hooks, build_model_for_run,
-                                          data_fingerprint, load_run_tokenizer)
-
         self.cfg = cfg
         self.run_dir = Path(cfg.run.out_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         self.step = 0
-        self.finished = False
         self.exit_code = 0
-        self.last_saved_step = -1
+        self.stop_reason: str | None = None
+        self.source = None
+        self.hooks = Hooks()
+        resolve_grad_accum(cfg, self.world_size)
         self.config_dict = to_dict(cfg)
+        self.checkpointer = Checkpointer.from_config(self.run_dir, cfg.checkpoint)
 
-        resume_from = self._find_resume()
-        self.tokenizer = load_run_tokenizer(cfg)
-        self.data_fingerprint = data_fingerprint(cfg)
+        resume_from = self.checkpointer.find_resume()
+        self.tokenizer = build_run_tokenizer(cfg.data, log=log.info)
+        self.pad_id = pad_id(self.tokenizer)
+        self.data_fingerprint = data_fingerprint(cfg, self.tokenizer)
+        self.plan_changes: list[str] = []
         if resume_from is not None:  # refuse a bad resume before the run dir or engine is touched
-            self._check_resume(resume_from)
-        self.source, self.valid_dataset, self.source_names = build_data(self)
+            self.plan_changes = self.checkpointer.check_resume(resume_from, self.geometry(),
+                                                               self.settings())
+        self.source, valid = build_batch_source(cfg, self.tokenizer, self.rank, self.world_size,
+                                                self.pad_id, log.info)
         self._prepare_run_dir(resume_from)
         seed_everything(cfg.run.seed)
         self.ds_config = build_ds_config(cfg, self.world_size)
-        model = build_model_for_run(cfg, self.tokenizer, self.ds_config)
+        model = self._build_model()
         self.hf_config = model.config
-        self.engine = build_engine(cfg, model, self.ds_config)
+        self.engine, self.schedule = build_engine(cfg, model, self.ds_config)
         # Dropout streams differ per rank; resumes restore them from the checkpoint.
         seed_everything(cfg.run.seed + 1000003 * (self.rank + 1))
-        self.meter = LossMeter(len(self.source_names), self.device)
-        self.hooks: list[Hook] = build_hooks(self) + list(extra_hooks or [])
+        self.meter = LossMeter(len(self.source.names), self.device)
+        self.hooks = Hooks(build_hooks(cfg, self.run_dir, self.tokenizer, self.source, valid,
+                                       self.hf_config.vocab_size, self.device, self.rank,
+                                       self.world_size, self.pad_id) + list(extra_hooks or []))
+        log.info(f"hooks: {self.hooks.describe()}")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
 
     # ----------------------------------------------------------------- set-up
-    def _find_resume(self) -> Path | None:
-        ref = self.cfg.checkpoint.resume
-        if ref == "none":
-            return None
-        if ref == "auto":
-            return ckpt.latest_checkpoint(self.ckpt_root)
-        return ckpt.resolve_checkpoint_ref(ref)
+    def _build_model(self):
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        if self.cfg.classify.target_func is not None:
+            from megaproc.models.classification import build_run_classifier
+
+            return build_run_classifier(self.cfg, self.tokenizer, self.ds_config)
+        from megaproc.models.run_model import build_run_model
+
+        return build_run_model(self.cfg.model, self.tokenizer, self.ds_config,
+                               zero_stage(self.ds_config), local_world)
 
     def _prepare_run_dir(self, resume_from: Path | None) -> None:
         """Refuse to overwrite a finished run; write the resolved config before step 0."""
-        existing = ckpt.complete_checkpoints(self.ckpt_root)
-        if resume_from is None and existing:
-            raise ckpt.ResumeError(
-                f"run.out_dir {self.run_dir} already holds checkpoints; resume with "
-                "checkpoint.resume=auto or choose a new run.out_dir")
+        if resume_from is None and self.checkpointer.existing():
+            raise ResumeError(f"run.out_dir {self.run_dir} already holds checkpoints; resume with "
+                              "checkpoint.resume=auto or choose a new run.out_dir")
         logs = self.run_dir / "logs"
-        if resume_from is None and (logs / "train.jsonl").is_file():
-            if self.cfg.checkpoint.resume != "auto":
-                raise ckpt.ResumeError(f"run.out_dir {self.run_dir} already holds logs of another "
-                                       "run; choose a new run.out_dir")
+        restarted = resume_from is None and (logs / "train.jsonl").is_file()
+        if restarted and self.cfg.checkpoint.resume != "auto":
+            raise ResumeError(f"run.out_dir {self.run_dir} already holds logs of another run; "
+                              "choose a new run.out_dir")
         dist_utils.barrier()  # every rank has looked before rank 0 moves anything
         if dist_utils.is_main():
-            if resume_from is None and (logs / "train.jsonl").is_file():
-                # A job restarted before its first checkpoint: start over, keep the old logs.
+            if restarted:  # a job restarted before its first checkpoint: start over, keep logs
                 kept = self.run_dir / f"logs.before_restart_{time.strftime('%Y%m%d-%H%M%S')}"
                 logs.rename(kept)
-                print(f"[megaproc] no checkpoint to resume; previous logs moved to {kept}", flush=True)
+                log.info(f"no checkpoint to resume; previous logs moved to {kept}")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(self.ckpt_root)
+            self.checkpointer.recover()
             path = self.run_dir / "config.yaml"
             text = to_yaml(self.cfg)
             if path.is_file() and path.read_text() != text:
-                path.rename(self.run_dir / f"config.before_step{self._resume_step(resume_from)}.yaml")
+                step = read_trainer_state(resume_from)["step"] if resume_from else 0
+                path.rename(self.run_dir / f"config.before_step{step}.yaml")
             path.write_text(text)
         dist_utils.barrier()
 
-    @staticmethod
-    def _resume_step(resume_from: Path | None) -> int:
-        return ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
-
     # ----------------------------------------------------------------- loop
+    def request_stop(self, reason: str, exit_code: int = 0) -> None:
+        """End training after the current step (the one stop channel of hooks)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.exit_code = max(self.exit_code, int(exit_code))
+
     def train(self) -> int:
-        """Run until ``train.max_steps`` or a hook stops; returns the process exit code."""
-        self.engine.train()
-        for hook in self.hooks:
-            hook.on_train_start(self)
-        window_start, window_data_wait = time.perf_counter(), 0.0
-        while self.step < self.cfg.train.max_steps and not self.finished:
-            step_lr = self.engine.get_lr()[0]
-            for micro_step in range(self.cfg.train.grad_accum):
-                t0 = time.perf_counter()
-                batch = self.source.micro_batch_at(micro_step)
-                window_data_wait += time.perf_counter() - t0
-                for hook in self.hooks:
-                    batch = hook.on_batch(self, batch)
-                loss = self.forward_loss(batch)
-                self.engine.backward(loss)
-                self.engine.step()
-            self.source.advance()
-            self.step += 1
-            metrics = {"step": self.step}
-            if self.step % self.cfg.log.log_every == 0 or self.step == self.cfg.train.max_steps:
-                elapsed = time.perf_counter() - window_start
-                metrics.update(self._log_metrics(elapsed, window_data_wait), lr=step_lr)
-                window_start, window_data_wait = time.perf_counter(), 0.0
-            for hook in self.hooks:
-                hook.on_step_end(self, metrics)
-            if any(hook.should_stop() for hook in self.hooks):
-                self.finished = True
-        for hook in reversed(self.hooks):  # teardown: final save/eval before the loggers close
-            hook.on_train_end(self)
-        self.source.close()
+        """Run until ``train.max_steps`` or a stop request; returns the process exit code."""
+        try:
+            self.engine.train()
+            self.hooks.on_train_start(self)
+            self._window_start, self._data_wait = time.perf_counter(), 0.0
+            while self.step < self.cfg.train.max_steps and self.stop_reason is None:
+                self._train_step()
+            if self.stop_reason is not None:
+                log.info(f"training stopped at step {self.step}: {self.stop_reason}")
+            self.hooks.on_train_end(self)
+        except BaseException as error:
+            self.hooks.on_error(self, error)
+            raise
+        finally:
+            self.close()
         return self.exit_code
 
+    def _train_step(self) -> None:
+        step_lr = self.engine.get_lr()[0]
+        for micro_step in range(self.cfg.train.grad_accum):
+            t0 = time.perf_counter()
+            batch = self.source.micro_batch_at(micro_step)
+            self._data_wait += time.perf_counter() - t0
+            batch = self.hooks.on_batch(self, batch)
+            loss = self.forward_loss(batch)
+            # DeepSpeed scales the loss by 1/grad_accum in backward() and wants step() after every
+            # micro-step: it only updates the weights (and steps the LR schedule) at the
+            # accumulation boundary, and skips the gradient all-reduce before it.
+            self.engine.backward(loss)
+            self.engine.step()
+        self.source.advance()
+        self.step += 1
+        metrics = {"step": self.step}
+        if self.step % self.cfg.log.log_every == 0 or self.step == self.cfg.train.max_steps:
+            elapsed = time.perf_counter() - self._window_start
+            metrics.update(self._log_metrics(elapsed, self._data_wait), lr=step_lr)
+            self._window_start, self._data_wait = time.perf_counter(), 0.0
+        self.hooks.on_step_end(self, metrics)
+
     def forward_loss(self, batch: dict) -> torch.Tensor:
-        """Forward one micro-batch; returns the loss to backpropagate (hooks may reweight it)."""
-        input_ids = batch["input_ids"].to(self.device)
+        """Forward one micro-batch; returns the loss to backpropagate (hooks may replace it)."""
         labels = batch["labels"].to(self.device)
-        out = self.engine(input_ids=input_ids, attention_mask=batch["attention_mask"].to(self.device))
-        logits = out.logits
-        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                    ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-        mask = labels != IGNORE_INDEX
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
-        for hook in self.hooks:
-            loss = hook.on_loss(self, batch, logits, per_token, loss)
+        logits = self.engine(input_ids=batch["input_ids"].to(self.device),
+                             attention_mask=batch["attention_mask"].to(self.device)).logits
+        if labels.dim() == 1:  # sequence classification: one logit per sequence
+            per_token, loss = classification_loss(logits, labels)
+            mask = torch.ones_like(per_token, dtype=torch.bool)
+        else:
+            answer = batch["answer_mask"].to(self.device)
+            per_token = token_cross_entropy(logits, labels)
+            loss = training_loss(self.cfg.train.loss, per_token, labels, answer)
+            mask = training_mask(self.cfg.train.loss, labels, answer)
+        loss = self.hooks.on_loss(self, batch, logits, per_token, loss)
         self.meter.add(per_token, mask, batch["source"])
         return loss
 
@@ -171,119 +200,74 @@ class Trainer:
         reduced = self.meter.reduce()
         metrics = {
             "loss": reduced["loss"],
-            "lr": self.engine.get_lr()[0],
             "tokens": reduced["total_tokens"],
             "samples": self.source.consumed,
             "tokens_per_s": reduced["tokens"] / max(elapsed, 1e-9),
             "grad_norm": _float_or_none(self.engine.get_global_grad_norm()),
             "data_wait_frac": data_wait / max(elapsed, 1e-9),
         }
-        for name, value in zip(self.source_names, reduced["per_source"]):
+        for name, value in zip(self.source.names, reduced["per_source"]):
             if value is not None:
                 metrics[f"loss/{name}"] = value
         return metrics
 
-    # ----------------------------------------------------------------- eval
-    @torch.no_grad()
-    def evaluate(self) -> dict | None:
-        """Validation loss, perplexity and token accuracy over ``eval.max_batches`` batches."""
-        if self.valid_dataset is None:
-            return None
-        from megaproc.data.batch import collate, rank_sample_indices
-
-        micro, world = self.cfg.train.micro_batch, self.world_size
-        batches = min(self.cfg.eval.max_batches, len(self.valid_dataset) // (micro * world))
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        self.engine.eval()
-        for b in range(batches):
-            indices = rank_sample_indices(0, b, micro, world, self.rank)
-            batch = collate([self.valid_dataset[int(i)] for i in indices], self.pad_id,
-                            pad_to=self.cfg.train.seq_len + 1)
-            labels = batch["labels"].to(self.device)
-            logits = self.engine(input_ids=batch["input_ids"].to(self.device),
-                                 attention_mask=batch["attention_mask"].to(self.device)).logits
-            mask = labels != IGNORE_INDEX
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
-            sums[0] += loss.double()
-            sums[1] += mask.sum()
-            sums[2] += ((logits.argmax(-1) == labels) & mask).sum()
-        self.engine.train()
-        dist_utils.all_reduce_sum(sums)
-        tokens = max(sums[1].item(), 1.0)
-        val_loss = sums[0].item() / tokens
-        return {"val_loss": val_loss, "val_ppl": float(np.exp(min(val_loss, 50.0))),
-                "val_token_acc": sums[2].item() / tokens, "num_tokens": int(sums[1].item())}
-
-    @property
-    def pad_id(self) -> int:
-        """Padding id of the run's tokenizer."""
-        from megaproc.tokenizer import pad_id
-
-        return pad_id(self.tokenizer)
+    def close(self) -> None:
+        """Close hooks (loggers, progress bars) and the batch source; safe to call twice."""
+        self.hooks.close()
+        self.hooks = Hooks()
+        if self.source is not None:
+            self.source.close()
 
     # ----------------------------------------------------------------- checkpoints
     def geometry(self) -> dict:
-        """Batch settings a resume must keep."""
+        """Batch settings and data a resume must keep."""
         t = self.cfg.train
         return {"train.micro_batch": t.micro_batch, "train.grad_accum": t.grad_accum,
                 "world_size": self.world_size, "train.seq_len": t.seq_len,
                 "data_fingerprint": self.data_fingerprint}
 
+    def settings(self) -> dict:
+        """The experiment settings and plan a resume may change (reported and applied)."""
+        return {**experiment_settings(self.cfg), "train.max_steps": self.cfg.train.max_steps}
+
     def trainer_state(self) -> dict:
-        """Everything besides the engine that a resume needs."""
+        """Everything besides the engine that a resume needs (collective: token count)."""
         return {
             "consumed_samples": self.source.consumed,
-            "consumed_per_source": dict(zip(self.source_names, self.source.consumed_per_source()))
-            if hasattr(self.source, "consumed_per_source") else {},
+            "consumed_per_source": dict(zip(self.source.names, self.source.consumed_per_source())),
             "tokens": self.meter.total_tokens(),
             "data": self.source.state_dict(),
-            "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
+            "hooks": self.hooks.state_dict(),
             "geometry": self.geometry(),
+            "settings": self.settings(),
             "config_fingerprint": fingerprint(self.cfg),
-            "config": flat_config(self.cfg),
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Save the checkpoint for the current step (collective)."""
-        if self.last_saved_step == self.step:
-            return None
-        path = ckpt.save_checkpoint(self.engine, self.ckpt_root, self.step, self.trainer_state(),
-                                    self.hf_config, self.tokenizer, self.cfg.checkpoint.keep_last_k)
-        for hook in self.hooks:
-            hook.on_save(self, str(path))
-        self.last_saved_step = self.step
+        """Save the checkpoint for the current step (collective; a no-op if already saved)."""
+        path = self.checkpointer.save(self.step, self.engine, self.trainer_state(),
+                                      self.hf_config, self.tokenizer)
+        if path is not None:
+            self.hooks.on_save(self, str(path))
         return path
 
-    def _check_resume(self, path: Path) -> None:
-        """Refuse a resume with changed batch settings; report other changed settings."""
-        state = ckpt.read_trainer_state(path)
-        changed = ckpt.check_resume_compatible(state, {"geometry": self.geometry(),
-                                                       "config": flat_config(self.cfg)})
-        if changed and dist_utils.is_main():
-            print(f"[megaproc] resuming with changed settings: {', '.join(changed)}", flush=True)
-
     def load_checkpoint(self, path: Path) -> None:
-        """Resume engine, loader, hooks and RNG from ``path``."""
-        state = ckpt.read_trainer_state(path)
-        load_path, _ = self.engine.load_checkpoint(str(path), tag="ds")
-        if load_path is None:
-            raise ckpt.ResumeError(f"DeepSpeed could not load the engine state in {path}")
+        """Resume engine, LR schedule, data position, hooks and RNG from ``path``."""
+        state = self.checkpointer.load(path, self.engine)
         self.step = int(state["step"])
-        self.last_saved_step = self.step
+        # DeepSpeed restored the saved param-group LRs with the optimizer state: re-apply the
+        # running config's schedule at this step, so a changed plan takes effect now.
+        self.schedule.load_state_dict({"last_step": self.step})
         self.meter.restore_total_tokens(int(state.get("tokens", 0)))
         self.source.load_state_dict(state["data"])
-        for hook in self.hooks:
-            if hook.name in state.get("hooks", {}):
-                hook.load_state_dict(state["hooks"][hook.name])
-            hook.on_load(self, str(path))
-        ckpt.load_rng(path)
-        if dist_utils.is_main():
-            print(f"[megaproc] resumed from {path} at step {self.step}", flush=True)
+        self.hooks.load_state_dict(state.get("hooks", {}))
+        self.hooks.on_load(self, str(path))
+        log.info(f"resumed from {path} at step {self.step}")
+        if self.plan_changes:
+            log.info(f"changed plan applied from step {self.step}: {'; '.join(self.plan_changes)}")
 
 
 def _float_or_none(value) -> float | None:
     if value is None:
         return None
     return float(value.item() if torch.is_tensor(value) else value)
-

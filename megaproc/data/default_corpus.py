@@ -101,7 +101,7 @@ def ensure_default_corpus(vocab_size: int = 2048, root: Path | None = None,
         if (final / "meta.json").is_file():
             return tokenizer_dir, prefix
         started = time.time()
-        log(f"[megaproc] building the default corpus (Python stdlib sources) in {final} ...")
+        log(f"building the default corpus (Python stdlib sources) in {final} ...")
         tmp = root / f".tmp_{final.name}_{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -115,6 +115,6 @@ def ensure_default_corpus(vocab_size: int = 2048, root: Path | None = None,
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        log(f"[megaproc] default corpus ready: {counts['documents']} documents, "
+        log(f"default corpus ready: {counts['documents']} documents, "
             f"{counts['tokens']:,} tokens, vocab {len(tokenizer)} ({time.time() - started:.1f}s)")
     return tokenizer_dir, prefix

@@ -58,6 +58,7 @@ class TaskBatchSource:
         self.reserved = reserved
         self._reserved_fp = None
         self.log = log or (lambda message: None)
+        self.names = [SOURCE_NAME]
         self.stage = stage
         self.position = 0                        # committed lane position (next step's start)
         self.consumed = 0                        # accepted examples consumed by all ranks
@@ -123,7 +124,7 @@ class TaskBatchSource:
                 examples.append(example)
         if first_too_long and not self._warned_too_long:
             self._warned_too_long = True
-            self.log(f"[megaproc] warning: dropping task examples longer than train.seq_len + 1 = "
+            self.log(f"warning: dropping task examples longer than train.seq_len + 1 = "
                      f"{limit} tokens (first one: {first_too_long} tokens at stage {stage}); "
                      "they are counted and reported at the end of training")
         return samples, examples, position, counts
@@ -208,11 +209,11 @@ class TaskBatchSource:
         self._all_skip_counts = dist_utils.all_gather_objects(dict(self.skip_counts))
         totals = self.total_skip_counts()
         if totals["too_long"]:
-            self.log(f"[megaproc] warning: {totals['too_long']} task examples longer than "
+            self.log(f"warning: {totals['too_long']} task examples longer than "
                      f"train.seq_len + 1 = {self.seq_len + 1} tokens were dropped (all ranks, "
                      "since the start of the run)")
         skipped = ", ".join(f"{k} {v}" for k, v in totals.items())
-        self.log(f"[megaproc] task stream: {self.consumed} examples trained on at stage "
+        self.log(f"task stream: {self.consumed} examples trained on at stage "
                  f"{self.stage}; generator indices skipped: {skipped}")
         if self._prefetcher is not None:
             self._prefetcher.close()
@@ -231,33 +232,28 @@ def check_split_settings(split_dir: str, generator: GraphSearchGenerator, log) -
     changed = [k for k in keys if k in saved and saved[k] != current[k]]
     if changed:
         detail = ", ".join(f"{k}={saved[k]!r} (run: {current[k]!r})" for k in changed)
-        log(f"[megaproc] warning: task.splits_dir {split_dir} was built with {detail}")
+        log(f"warning: task.splits_dir {split_dir} was built with {detail}")
 
 
-def build_task_source(trainer) -> TaskBatchSource:
-    """The task batch source of a run with ``task.kind: graph_search``."""
+def build_task_source(task_cfg, train_cfg, start_stage: int, tokenizer, rank: int,
+                      world_size: int, pad_id: int, log) -> TaskBatchSource:
+    """The batch source of a run with ``task.kind: graph_search`` (``log`` takes one message)."""
     import warnings
 
-    from megaproc.workflows import curriculum_config, task_config
-
-    cfg, task = trainer.cfg, task_config(trainer.cfg)
-    log = (lambda message: print(message, flush=True)) if dist_utils.is_main() else (lambda m: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        generator = GraphSearchGenerator(task.max_input_size, task.max_lookahead, task.seed,
-                                         natural_language=task.natural_language)
+        generator = GraphSearchGenerator(task_cfg.max_input_size, task_cfg.max_lookahead,
+                                         task_cfg.seed, natural_language=task_cfg.natural_language)
     for warning in caught:
-        log(f"[megaproc] warning: {warning.message}")
+        log(f"warning: {warning.message}")
     reserved = ReservedPrompts()
-    if task.splits_dir:
-        if not os.path.isdir(task.splits_dir):
-            raise FileNotFoundError(f"task.splits_dir: directory not found: {task.splits_dir}")
-        check_split_settings(task.splits_dir, generator, log)
-        reserved = ReservedPrompts.from_split_dir(task.splits_dir)
-        log(f"[megaproc] task: {len(reserved)} reserved eval/test/mixin prompts are excluded "
-            "from training")
-    t = cfg.train
-    return TaskBatchSource(generator, TaskEncoder(trainer.tokenizer), t.micro_batch, t.grad_accum,
-                           trainer.world_size, trainer.rank, trainer.pad_id, t.seq_len,
-                           stage=curriculum_config(cfg).start_stage, reserved=reserved,
-                           prefetch=task.prefetch, log=log)
+    if task_cfg.splits_dir:
+        if not os.path.isdir(task_cfg.splits_dir):
+            raise FileNotFoundError(f"task.splits_dir: directory not found: {task_cfg.splits_dir}")
+        check_split_settings(task_cfg.splits_dir, generator, log)
+        reserved = ReservedPrompts.from_split_dir(task_cfg.splits_dir)
+        log(f"task: {len(reserved)} reserved eval/test/mixin prompts are excluded from training")
+    t = train_cfg
+    return TaskBatchSource(generator, TaskEncoder(tokenizer), t.micro_batch, t.grad_accum,
+                           world_size, rank, pad_id, t.seq_len, stage=start_stage,
+                           reserved=reserved, prefetch=task_cfg.prefetch, log=log)

@@ -36,7 +36,6 @@ Several valid answers (``len(output_texts) > 1``)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from megaproc.data.batch import IGNORE_INDEX
 from megaproc.data.task_encoding import is_word_character
@@ -77,16 +76,6 @@ def teacher_forced_correct(logits: torch.Tensor, labels: torch.Tensor, word_mask
         extends = table[predicted]
         wrong |= (extends & boundary_mask.to(predicted.device).bool()).any(dim=1)
     return word_mask.any(dim=1) & ~wrong
-
-
-def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor,
-                      word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row ``(sum of cross entropy over answer tokens, number of answer tokens)`` (float64)."""
-    word_mask = word_mask.to(labels.device).bool() & (labels != IGNORE_INDEX)
-    per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-    sums = (per_token.double() * word_mask).sum(dim=1)
-    return sums, word_mask.sum(dim=1).double()
 
 
 def text_matches_answer(decoded: str, answer: str) -> bool:

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.eval.answer_correctness import (answer_token_loss, teacher_forced_correct,
+from megaproc.eval.answer_correctness import (teacher_forced_correct,
                                        word_continuation_table)
 from megaproc.data.task_encoding import TaskEncoder, collate_task
+from megaproc.loss import per_row_sums
 
 
 def eval_subset(records: list[dict], size: int, seed: int) -> list[dict]:
@@ -110,7 +111,7 @@ class HeldoutEvaluator:
             row_correct = teacher_forced_correct(logits, labels, batch["word_mask"],
                                                  batch["boundary_mask"], self.continues_word)
             row_correct = row_correct.cpu().numpy()
-            sums, tokens = answer_token_loss(logits, labels, batch["word_mask"])
+            sums, tokens = per_row_sums(logits, labels, batch["word_mask"])
             for i, (example, primary, _) in enumerate(chunk):
                 correct[example] |= bool(row_correct[i])
                 if primary:

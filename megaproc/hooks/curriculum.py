@@ -32,14 +32,16 @@ Logs and state
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 
 import torch
 
 from megaproc import distributed as dist_utils
+from megaproc.console_log import get_logger
+from megaproc.eval.answer_correctness import teacher_forced_correct
 from megaproc.hooks.base import Hook
-from megaproc.hooks.task_eval import HeldoutLog, build_heldout_evaluator
-from megaproc.eval.answer_correctness import teacher_forced_correct, word_continuation_table
+from megaproc.hooks.task_eval import HeldoutLog
+
+log = get_logger(__name__)
 
 
 def gather_flags(local: torch.Tensor) -> list[int]:
@@ -56,11 +58,11 @@ class CurriculumHook(Hook):
     """Tracks the correctness window, advances the stage and runs the held-out evaluation."""
 
     name = "curriculum"
+    priority = 20
 
     def __init__(self, max_stage: int, curr_window: int = 200, curr_check_every: int = 10,
                  curr_threshold: float = 0.98, start_stage: int = 1, source=None,
-                 heldout: HeldoutLog | None = None, continues_word: torch.Tensor | None = None,
-                 log=None):
+                 heldout: HeldoutLog | None = None, continues_word: torch.Tensor | None = None):
         self.max_stage = int(max_stage)
         self.check_every = int(curr_check_every)
         self.threshold = float(curr_threshold)
@@ -70,22 +72,6 @@ class CurriculumHook(Hook):
         self.source = source
         self.heldout = heldout
         self.continues_word = continues_word
-        self.log = log or (lambda message: None)
-
-    @classmethod
-    def from_trainer(cls, trainer) -> "CurriculumHook":
-        """The hook configured by the run's ``curriculum:`` and ``task:`` sections."""
-        from megaproc.workflows import curriculum_config, task_config
-
-        curr, task = curriculum_config(trainer.cfg), task_config(trainer.cfg)
-        log = (lambda m: print(m, flush=True)) if dist_utils.is_main() else (lambda m: None)
-        heldout = HeldoutLog(build_heldout_evaluator(trainer), Path(trainer.cfg.run.out_dir))
-        if heldout.evaluator is None:
-            log("[megaproc] warning: task.splits_dir is not set: no held-out evaluation")
-        continues_word = word_continuation_table(trainer.tokenizer, trainer.hf_config.vocab_size)
-        return cls(task.max_lookahead, curr.curr_window, curr.curr_check_every,
-                   curr.curr_threshold, curr.start_stage, source=trainer.source,
-                   heldout=heldout, continues_word=continues_word.to(trainer.device), log=log)
 
     # ------------------------------------------------------------------ window logic
     @property
@@ -113,14 +99,15 @@ class CurriculumHook(Hook):
         self.window.clear()
         if self.stage >= self.max_stage:
             self.completed = True
-            self.log(f"[megaproc] curriculum: window accuracy {accuracy:.3f} >= {self.threshold} "
+            log.info(f"curriculum: window accuracy {accuracy:.3f} >= {self.threshold} "
                      f"at step {trainer.step}: last stage {self.stage} passed, training ends")
             self._evaluate(trainer, "completed")
+            trainer.request_stop("curriculum completed")
             return
         self.stage += 1
         if self.source is not None:
             self.source.set_stage(self.stage)
-        self.log(f"[megaproc] curriculum: window accuracy {accuracy:.3f} >= {self.threshold} at "
+        log.info(f"curriculum: window accuracy {accuracy:.3f} >= {self.threshold} at "
                  f"step {trainer.step}: stage {self.stage - 1} -> {self.stage} (alpha {self.alpha:.4f})")
         self._evaluate(trainer, "advance")
 
@@ -129,7 +116,7 @@ class CurriculumHook(Hook):
             return
         record = self.heldout.evaluate(trainer, stage=self.stage, alpha=self.alpha, event=event)
         if record is not None and record["heldout_acc"] is not None:
-            self.log(f"[megaproc] held-out eval at step {trainer.step} (stage {self.stage}): "
+            log.info(f"held-out eval at step {trainer.step} (stage {self.stage}): "
                      f"acc {record['heldout_acc']:.4f}, answer loss {record['heldout_loss']:.4f} "
                      f"on {record['num_examples']} examples")
 
@@ -140,7 +127,7 @@ class CurriculumHook(Hook):
         if self.source is not None:
             self.source.set_stage(self.stage)
         if self.completed:  # resumed from a run whose curriculum already finished
-            trainer.finished = True
+            trainer.request_stop("curriculum completed")
             return
         if trainer.step == 0:
             self._evaluate(trainer, "start")
@@ -156,9 +143,6 @@ class CurriculumHook(Hook):
             metrics.update(curr_acc=self.window_accuracy(), stage=self.stage, alpha=self.alpha)
         if self.should_advance(trainer.step):
             self.advance(trainer)
-
-    def should_stop(self) -> bool:
-        return self.completed
 
     def state_dict(self) -> dict:
         """Stage, window (as a 0/1 string, oldest first) and completion."""

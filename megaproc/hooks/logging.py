@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 from megaproc import distributed as dist_utils
 from megaproc.hooks.base import Hook
-
-
-class JsonlWriter:
-    """Append-only JSON-lines file (rank 0 only), flushed after every record."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        """Append one record."""
-        self._fh.write(json.dumps(record, default=float) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._fh.close()
-
-
-def drop_records_after(path: str | Path, step: int) -> None:
-    """Remove records with ``step`` greater than ``step`` (they are redone after a resume)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill during the write
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+from megaproc.hooks.records import JsonlWriter, drop_records_after
 
 
 class LoggingHook(Hook):
     """Writes the step metrics the trainer reduced on log steps."""
 
     name = "logging"
+    priority = 60
 
     def __init__(self, log_cfg, run_dir: Path, max_steps: int):
         self.cfg = log_cfg
@@ -109,7 +74,7 @@ class LoggingHook(Hook):
         if self.wandb_run is not None:
             self.wandb_run.log(scalars, step=metrics["step"])
 
-    def on_train_end(self, trainer) -> None:
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
         if self.writer is not None:
@@ -118,3 +83,4 @@ class LoggingHook(Hook):
             self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        self.progress = self.writer = self.tensorboard = self.wandb_run = None

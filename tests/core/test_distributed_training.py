@@ -159,10 +159,10 @@ def run_module(module: str, *args: str):
 
 
 def _valid_dataset(cfg, tokenizer):
-    from megaproc.components import _default_data_config
     from megaproc.data.build import build_train_valid
+    from megaproc.data.run_sources import resolved_data_config
 
-    data_cfg = _default_data_config(cfg)
+    data_cfg = resolved_data_config(cfg)
     _, valid, _ = build_train_valid(data_cfg, tokenizer, cfg.train.seq_len, cfg.run.seed,
                                     cfg.train.max_steps * 8, cfg.eval.max_batches * cfg.train.micro_batch * 2)
     return valid

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megaproc.distributed import free_port
+from megaproc.hooks import Hooks
 from megaproc.hooks.curriculum import CurriculumHook
 
 MICRO, ACCUM = 2, 2
@@ -41,7 +42,8 @@ def rank_flags(rank: int, step: int) -> list[list[int]]:
 
 def drive(hook: CurriculumHook, rank: int, steps: int) -> list[dict]:
     """Feed ``steps`` optimizer steps of flags; returns per-step observations."""
-    trainer = SimpleNamespace(step=0, hooks=[])
+    stops = []
+    trainer = SimpleNamespace(step=0, hooks=Hooks(), request_stop=lambda reason, code=0: stops.append(reason))
     seen = []
     for step in range(1, steps + 1):
         for flags in rank_flags(rank, step):
@@ -51,7 +53,7 @@ def drive(hook: CurriculumHook, rank: int, steps: int) -> list[dict]:
         hook.on_step_end(trainer, metrics)
         seen.append({"step": step, "stage": hook.stage, "completed": hook.completed,
                      "logged": [metrics["stage"], metrics["curr_acc"]], "window": "".join(map(str, hook.window))})
-        if hook.should_stop():
+        if stops:
             break
     return seen
 
@@ -105,6 +107,7 @@ def test_window_needs_to_be_full_and_checked_and_state_round_trips():
 def test_resumed_completed_curriculum_does_not_train_again():
     hook = CurriculumHook(max_stage=1, curr_window=2, curr_check_every=1, curr_threshold=0.0)
     hook.load_state_dict({"stage": 1, "window": "", "completed": True})
-    trainer = SimpleNamespace(step=10, finished=False, hooks=[])
+    stops = []
+    trainer = SimpleNamespace(step=10, hooks=[], request_stop=lambda reason, code=0: stops.append(reason))
     hook.on_train_start(trainer)
-    assert trainer.finished and hook.should_stop()
+    assert stops == ["curriculum completed"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.hooks.weighted_loss import WeightedLossHook, answer_weights, weighted_token_loss
+from megaproc.loss import answer_weights, training_loss, training_mask, weighted_token_loss
 
 
 def test_weights_follow_the_formula_per_micro_batch():
@@ -38,11 +38,14 @@ def test_loss_is_the_weighted_mean_and_plain_mean_without_answers():
     assert weighted_token_loss(per_token, label_mask, no_answer).item() == pytest.approx(plain.item())
 
 
-def test_hook_replaces_the_loss_from_batch_masks():
+def test_training_loss_kinds_from_batch_masks():
     labels = torch.tensor([[5, 6, 7, IGNORE_INDEX]])
     answer = torch.tensor([[False, False, True, False]])
     per_token = torch.tensor([[1.0, 2.0, 4.0, 0.0]])
-    loss = WeightedLossHook().on_loss(None, {"labels": labels, "answer_mask": answer}, None,
-                                      per_token, per_token.sum() / 3)
-    w = 1 + 3 / 1
-    assert loss.item() == pytest.approx((1 + 2 + w * 4) / (2 + w))
+    w = 1 + 3 / 1  # 3 label tokens, 1 answer token
+    assert training_loss("weighted", per_token, labels, answer).item() == pytest.approx((1 + 2 + w * 4) / (2 + w))
+    assert training_loss("mean", per_token, labels, answer).item() == pytest.approx(7 / 3)
+    assert training_loss("answer_only", per_token, labels, answer).item() == pytest.approx(4.0)
+    no_answer = torch.zeros_like(answer)
+    assert training_loss("answer_only", per_token, labels, no_answer).item() == 0.0
+    assert training_mask("answer_only", labels, answer).tolist() == [[False, False, True, False]]

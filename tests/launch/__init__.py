@@ -12,7 +12,7 @@ from pathlib import Path
 
 from megaproc.distributed import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "megaproc" / "train.py")
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 

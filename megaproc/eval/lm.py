@@ -1,0 +1,55 @@
+"""Language-model metrics: cross entropy, perplexity and token accuracy over batches.
+
+One accumulator serves the validation hook (sharded over ranks, all-reduced) and
+``python -m megaproc.evaluate --prefix`` (one process).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from megaproc import distributed as dist_utils
+from megaproc.loss import masked_sums
+
+PPL_CAP = 50.0  # exp() of a loss above this is reported as exp(50), not inf
+
+
+class LMMetrics:
+    """Sums of token losses, tokens and correct argmax predictions."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Account one batch of logits [B, T, V] against labels [B, T]."""
+        self.sums += masked_sums(logits, labels.to(logits.device)).to(self.sums.device)
+
+    def result(self, reduce: bool = True, prefix: str = "val") -> dict:
+        """``{prefix}_loss``, ``{prefix}_ppl``, ``{prefix}_token_acc`` and ``num_tokens``;
+        ``reduce`` sums over ranks first (collective)."""
+        sums = self.sums.clone()
+        if reduce:
+            dist_utils.all_reduce_sum(sums)
+        loss_sum, tokens, correct = sums.cpu().tolist()
+        if tokens == 0:
+            return {f"{prefix}_loss": None, f"{prefix}_ppl": None, f"{prefix}_token_acc": None,
+                    "num_tokens": 0}
+        loss = loss_sum / tokens
+        return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, PPL_CAP)),
+                f"{prefix}_token_acc": correct / tokens, "num_tokens": int(tokens)}
+
+
+@torch.no_grad()
+def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True) -> dict:
+    """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``.
+
+    With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
+    are collective).
+    """
+    metrics = LMMetrics(device)
+    for batch in batches:
+        logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        metrics.add(logits, batch["labels"].to(device))
+    return metrics.result(reduce=reduce)

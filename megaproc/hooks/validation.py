@@ -1,0 +1,66 @@
+"""Validation loss, perplexity and token accuracy every ``eval.every`` steps and at the end.
+
+Rank ``r`` evaluates its slice of each global validation batch (the same slicing as training,
+:func:`~megaproc.data.batch.rank_sample_indices`), so every rank runs the same number of
+forwards (collective under ZeRO-3); the sums are all-reduced by :mod:`megaproc.eval.lm`.
+Records go to ``logs/eval.jsonl`` as ``step, val_loss, val_ppl, val_token_acc, num_tokens``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megaproc.data.batch import collate, rank_sample_indices
+from megaproc.eval.lm import lm_metrics
+from megaproc.hooks.base import Hook
+from megaproc.hooks.records import EvalLog
+
+
+class ValidationHook(Hook):
+    """Validation metrics on ``eval.max_batches`` global batches of the validation dataset."""
+
+    name = "validation"
+    priority = 50
+
+    def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
+                 pad_id: int, rank: int, world_size: int):
+        self.cfg = eval_cfg
+        self.log = EvalLog(run_dir)
+        self.dataset = dataset
+        self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
+        self.rank, self.world_size = rank, world_size
+
+    def batches(self):
+        """This rank's collated validation micro-batches."""
+        per_batch = self.micro_batch * self.world_size
+        count = min(self.cfg.max_batches, len(self.dataset) // per_batch)
+        for b in range(count):
+            indices = rank_sample_indices(0, b, self.micro_batch, self.world_size, self.rank)
+            yield collate([self.dataset[int(i)] for i in indices], self.pad_id,
+                          pad_to=self.seq_len + 1)
+
+    @torch.no_grad()
+    def run(self, trainer) -> dict:
+        """Evaluate with the engine in eval mode (dropout off); write and return the record."""
+        engine = trainer.engine
+        engine.eval()
+        try:
+            metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
+                                 self.batches(), trainer.device)
+        finally:
+            engine.train()
+        return self.log.write(trainer, metrics)
+
+    def on_train_start(self, trainer) -> None:
+        self.log.open(trainer.step)
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if self.cfg.every and trainer.step % self.cfg.every == 0:
+            self.run(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        done = trainer.exit_code == 0 and trainer.step > 0  # not after a preemption
+        if self.cfg.at_end and done and not (self.cfg.every and trainer.step % self.cfg.every == 0):
+            self.run(trainer)

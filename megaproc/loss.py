@@ -1,0 +1,116 @@
+"""Token losses and masked metrics: the one copy used by training, validation and evaluation.
+
+Conventions: ``logits`` are [B, T, V] next-token logits, ``labels`` [B, T] the next tokens with
+:data:`IGNORE_INDEX` on padding (see :mod:`megaproc.data.batch`); per-token losses are float32
+[B, T] with 0 where the label is ignored.
+
+Training losses (``train.loss``):
+
+``mean``
+    token-mean cross entropy over every label token.
+``weighted``
+    the whole sequence trains, answer tokens up-weighted as in the original ``pptrain.py``:
+    with ``N`` label tokens and ``P`` answer tokens in the micro-batch, every answer token gets
+    weight ``w_pred = 1 + N / P`` and every other token weight 1, and the loss is the weighted
+    mean ``sum_t w_t ce_t / sum_t w_t`` (a batch without answer tokens gives the token mean).
+    The answer tokens then carry ``P + N`` of the ``2N`` total weight, at least half of the
+    gradient however short the answer is.
+``answer_only``
+    token-mean cross entropy over the answer tokens only (prompt/answer data such as DeepMind
+    Mathematics); a micro-batch without answer tokens contributes a zero loss.
+
+The logged ``loss`` is always the unweighted token-mean over the tokens that train.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megaproc.data.batch import IGNORE_INDEX
+
+LOSS_KINDS = ("mean", "weighted", "answer_only")
+
+
+def label_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Bool [B, T]: positions with a real label (not padding)."""
+    return labels != IGNORE_INDEX
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross entropy [B, T] in float32 (0 on ignored labels)."""
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="none")
+    return flat.view(labels.shape)
+
+
+def masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_token`` over ``mask`` (0 when the mask is empty)."""
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def answer_weights(mask: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token weights [B, T]: ``1 + N/P`` on answer tokens, 1 on other label tokens, 0 on pads."""
+    mask = mask.bool()
+    answer = answer_mask.to(mask.device).bool() & mask
+    total, pred = mask.sum(), answer.sum()
+    weights = mask.to(torch.float32)
+    if pred > 0:
+        weights = torch.where(answer, 1.0 + total.float() / pred.float(), weights)
+    return weights
+
+
+def weighted_token_loss(per_token: torch.Tensor, mask: torch.Tensor,
+                        answer_mask: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of ``per_token`` [B, T] with :func:`answer_weights`."""
+    weights = answer_weights(mask, answer_mask).to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1e-9)
+
+
+def training_mask(kind: str, labels: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """The tokens whose loss is logged (and, but for ``weighted``'s weights, trained)."""
+    mask = label_mask(labels)
+    if kind == "answer_only":
+        mask = mask & answer_mask.to(mask.device).bool()
+    return mask
+
+
+def training_loss(kind: str, per_token: torch.Tensor, labels: torch.Tensor,
+                  answer_mask: torch.Tensor) -> torch.Tensor:
+    """The loss to backpropagate for ``train.loss = kind`` (see the module docstring)."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {kind!r} (expected one of {list(LOSS_KINDS)})")
+    mask = label_mask(labels)
+    if kind == "weighted":
+        return weighted_token_loss(per_token, mask, answer_mask)
+    return masked_mean(per_token, training_mask(kind, labels, answer_mask))
+
+
+def masked_sums(logits: torch.Tensor, labels: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 ``[loss_sum, tokens, correct]`` over ``mask`` (default: every label token).
+
+    ``correct`` counts positions whose argmax equals the label (token accuracy).
+    """
+    mask = label_mask(labels) if mask is None else mask.bool() & label_mask(labels)
+    per_token = token_cross_entropy(logits, labels)
+    correct = (logits.argmax(dim=-1) == labels) & mask
+    return torch.stack([(per_token.double() * mask).sum(), mask.sum().double(),
+                        correct.sum().double()])
+
+
+def per_row_sums(logits: torch.Tensor, labels: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(sum of cross entropy over mask, number of masked tokens)`` (float64 [B])."""
+    mask = mask.to(labels.device).bool() & label_mask(labels)
+    per_token = token_cross_entropy(logits, labels)
+    return (per_token.double() * mask).sum(dim=1), mask.sum(dim=1).double()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary sequence classification: ``(per-sample BCE [B, 1], mean loss)`` of one logit per
+    sequence (``logits`` [B] or [B, 1]) against 0/1 ``labels`` [B]."""
+    per_sample = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), labels.float(),
+                                                    reduction="none")
+    return per_sample[:, None], per_sample.mean()
