@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 USAGE_ERROR = 2
 
@@ -118,33 +116,25 @@ def evaluate_split(model, tokenizer, path: str, records: list[dict], max_tokens:
             "num_dropped": result["num_dropped"]}
 
 
-@torch.no_grad()
 def evaluate_prefix(model, tokenizer, prefix: str, seq_len: int, max_batches: int,
                     batch_size: int) -> dict:
     """Validation loss, perplexity and token accuracy on the first samples of an indexed prefix."""
-    from megaproc.data.batch import IGNORE_INDEX, collate
+    from megaproc.data.batch import collate
     from megaproc.data.build import open_indexed
     from megaproc.data.gpt_dataset import GPTDataset
+    from megaproc.eval.lm import lm_metrics
     from megaproc.tokenizer import pad_id
 
     dataset = GPTDataset(open_indexed(prefix, "--prefix"), seq_len, None, seed=0, name="valid")
     count = min(len(dataset), max_batches * batch_size)
     if count == 0:
         raise EvaluateError(f"--prefix {prefix}: no samples of {seq_len + 1} tokens")
-    loss_sum = tokens = correct = 0.0
-    for start in range(0, count, batch_size):
-        samples = [dataset[i] for i in range(start, min(count, start + batch_size))]
-        batch = collate(samples, pad_id(tokenizer), pad_to=seq_len + 1)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"]
-        mask = labels != IGNORE_INDEX
-        loss_sum += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                    ignore_index=IGNORE_INDEX, reduction="sum").item()
-        tokens += mask.sum().item()
-        correct += ((logits.argmax(-1) == labels) & mask).sum().item()
-    val_loss = loss_sum / tokens
-    return {"prefix": str(prefix), "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
-            "val_token_acc": correct / tokens, "num_tokens": int(tokens)}
+    batches = (collate([dataset[i] for i in range(start, min(count, start + batch_size))],
+                       pad_id(tokenizer), pad_to=seq_len + 1)
+               for start in range(0, count, batch_size))
+    result = lm_metrics(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits,
+                        batches, reduce=False)
+    return {"prefix": str(prefix), **result}
 
 
 def run(args) -> dict:
