@@ -7,9 +7,20 @@ Public API:
 * :func:`build_model` -- the model described by the run's ``model`` config section, randomly
   initialised or loaded from a local pretrained directory, optionally under ZeRO-3 init;
 * :func:`count_parameters` -- parameter count of a config without allocating memory;
-* :data:`PRESET_NAMES` -- the valid model names (``gpt2:L_H_D`` stands for custom GPT-2 sizes).
+* :data:`PRESET_NAMES` -- the valid model names (``gpt2:L_H_D`` stands for custom GPT-2 sizes);
+* :func:`build_classifier` -- a :class:`SequenceClassifier` (one logit per sequence) and its
+  encoder for the sequence-classification track (:data:`CLASSIFIER_NAMES`, see
+  :mod:`megaproc.models.classification`).
 """
 
+from megaproc.models.classification import (
+    CLASSIFIER_NAMES,
+    SequenceClassifier,
+    build_classifier,
+    classification_loss,
+    classification_sums,
+    is_classifier_name,
+)
 from megaproc.models.factory import (
     DEFAULT_ATTN_IMPLEMENTATION,
     build_model,
@@ -22,6 +33,12 @@ from megaproc.models.overrides import parse_overrides, valid_override_keys
 from megaproc.models.presets import PRESET_NAMES, PRESETS, get_preset
 
 __all__ = [
+    "CLASSIFIER_NAMES",
+    "SequenceClassifier",
+    "build_classifier",
+    "classification_loss",
+    "classification_sums",
+    "is_classifier_name",
     "DEFAULT_ATTN_IMPLEMENTATION",
     "PRESETS",
     "PRESET_NAMES",
