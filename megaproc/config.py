@@ -260,6 +260,8 @@ class ClassifyConfig:
     num_layers_to_finetune: int = 1
     # Where generated datasets are cached (default: the megaproc cache).
     cache_dir: Optional[str] = None
+    # From-scratch embedding rows (null: the task's symbols + BOS; larger leaves rows unused).
+    vocab_size: Optional[int] = None
 
 
 @dataclass
