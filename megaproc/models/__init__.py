@@ -17,8 +17,8 @@ from megaproc.models.classification import (
     CLASSIFIER_NAMES,
     SequenceClassifier,
     build_classifier,
-    classification_loss,
-    classification_sums,
+    build_run_classifier,
+    classifier_encoder,
     is_classifier_name,
 )
 from megaproc.models.factory import (
@@ -36,8 +36,8 @@ __all__ = [
     "CLASSIFIER_NAMES",
     "SequenceClassifier",
     "build_classifier",
-    "classification_loss",
-    "classification_sums",
+    "build_run_classifier",
+    "classifier_encoder",
     "is_classifier_name",
     "DEFAULT_ATTN_IMPLEMENTATION",
     "PRESETS",

@@ -19,9 +19,11 @@ Finetune wrappers (``model.name``)
 
 Both are a :class:`SequenceClassifier`: the backbone (the HF base model without its LM head),
 then ``Linear(hidden, 1)`` on the hidden state of the last non-pad token; ``forward`` returns
-:class:`ClassifierOutput` whose ``logits`` have shape ``[B]``.  The loss is BCE-with-logits
-(:func:`classification_loss`); :func:`classification_sums` gives the summed loss and accuracy
-that evaluation reduces over ranks.
+:class:`ClassifierOutput` whose ``logits`` have shape ``[B]``, trained with BCE-with-logits
+(:func:`megaproc.loss.classification_loss`).
+
+Run entry points: :func:`build_run_classifier` (the model of a run) and
+:func:`classifier_encoder` (the ids its batch source feeds), both from the run's config.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -143,20 +144,6 @@ class SequenceClassifier(nn.Module):
         return ClassifierOutput(logits=self.head(pooled).squeeze(-1))
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean BCE-with-logits of logits [B] against 0/1 labels [B] (in float32)."""
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device).float())
-
-
-def classification_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """float64 ``[loss_sum, count, correct]``; a logit >= 0 predicts label 1."""
-    labels = labels.to(logits.device).float()
-    loss = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
-    correct = ((logits >= 0).float() == labels).sum()
-    return torch.stack([loss.double(), torch.tensor(float(labels.numel()), dtype=torch.float64,
-                                                    device=logits.device), correct.double()])
-
-
 # ----------------------------------------------------------------------------- encoders
 class SymbolEncoder:
     """From-scratch encoding: ``[BOS] + [symbol ids]`` (``"0110"`` -> ``[2, 0, 1, 1, 0]``)."""
@@ -191,6 +178,7 @@ class TextEncoder:
 
 # ----------------------------------------------------------------------------- building
 def _fields(cfg: Any, names: tuple[str, ...]) -> dict:
+    """The named fields of a config section (a dataclass, any object, or a dict)."""
     get = cfg.get if isinstance(cfg, dict) else (lambda key, default=None:
                                                  getattr(cfg, key, default))
     return {name: get(name) for name in names}
@@ -224,6 +212,14 @@ def _quiet_transformers():
     return _Quiet()
 
 
+def _symbol_encoder(target_func: Optional[str], vocab_size: Optional[int]) -> SymbolEncoder:
+    encoder = SymbolEncoder(_alphabet(target_func), vocab_size)
+    if vocab_size is not None and vocab_size < encoder.bos_id + 1:
+        raise ValueError(f"classify.vocab_size {vocab_size} is too small for {target_func}: "
+                         f"it needs {encoder.bos_id + 1} ids (symbols + BOS)")
+    return encoder
+
+
 def classifier_config(name: str, target_func: str, sequence_length: int,
                       overrides: str | dict = "", max_position_embeddings: Optional[int] = None,
                       dropout: Optional[float] = None,
@@ -236,10 +232,7 @@ def classifier_config(name: str, target_func: str, sequence_length: int,
         raise ValueError(f"unknown from-scratch classifier {name!r}; valid: "
                          f"{', '.join(CLASSIFIER_PRESETS)}")
     preset = CLASSIFIER_PRESETS[name]
-    encoder = SymbolEncoder(_alphabet(target_func), vocab_size)
-    if vocab_size is not None and vocab_size < encoder.bos_id + 1:
-        raise ValueError(f"classify.vocab_size {vocab_size} is too small for {target_func}: "
-                         f"it needs {encoder.bos_id + 1} ids (symbols + BOS)")
+    encoder = _symbol_encoder(target_func, vocab_size)
     shape = copy.deepcopy(preset.shape)
     shape.update(parse_overrides(overrides))
     positions = max(sequence_length + 2, max_position_embeddings or 0)
@@ -286,34 +279,53 @@ def _finetune_backbone(path: str, config: PretrainedConfig, num_layers: int,
     return backbone
 
 
+_MODEL_FIELDS = ("name", "config_overrides", "pretrained_path", "max_position_embeddings",
+                 "dropout", "gradient_checkpointing")
+_TASK_FIELDS = ("target_func", "sequence_length", "num_layers_to_finetune", "vocab_size")
+
+
+def _sections(model_cfg: Any, classify_cfg: Any) -> tuple[dict, dict]:
+    model, task = _fields(model_cfg, _MODEL_FIELDS), _fields(classify_cfg, _TASK_FIELDS)
+    if model["name"] not in CLASSIFIER_NAMES:
+        raise ValueError(f"model {model['name']!r} is not a sequence classifier; valid: "
+                         f"{', '.join(CLASSIFIER_NAMES)}")
+    return model, task
+
+
+def classifier_encoder(model_cfg: Any, classify_cfg: Any, tokenizer=None) -> Callable:
+    """The ``encode_fn`` of the classifier the sections describe (without building it).
+
+    ``encode_fn("0110...")`` gives the input ids of one sequence and carries ``pad_id`` and
+    ``vocab_size``.  From-scratch names ignore ``tokenizer``; finetune wrappers use it
+    (default: the tokenizer saved in ``model.pretrained_path``).
+    """
+    model, task = _sections(model_cfg, classify_cfg)
+    if model["name"] not in FINETUNE_WRAPPERS:
+        return _symbol_encoder(task["target_func"], task["vocab_size"])
+    _alphabet(task["target_func"])                # a valid function, checked before loading
+    _pretrained_config(model["name"], model["pretrained_path"])
+    if tokenizer is None:
+        from megaproc.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model["pretrained_path"])
+    return TextEncoder(tokenizer)
+
+
 def build_classifier(model_cfg: Any, classify_cfg: Any, tokenizer=None, *,
                      zero3_init: bool = False,
                      ds_config: dict | str | None = None) -> tuple[SequenceClassifier, Callable]:
     """``(model, encode_fn)`` for the run's ``model`` and ``classify`` sections.
 
-    ``encode_fn("0110...")`` gives the input ids of one sequence and carries ``pad_id`` and
-    ``vocab_size`` attributes.  From-scratch names ignore ``tokenizer``; finetune wrappers
-    use it (default: the tokenizer saved in ``model.pretrained_path``).  With ``zero3_init``
+    See :func:`classifier_encoder` for ``encode_fn`` and ``tokenizer``.  With ``zero3_init``
     the backbone is built under ``deepspeed.zero.Init`` (see ``factory.zero3_construction``).
     Seed torch first for a reproducible initialisation.
     """
-    model = _fields(model_cfg, ("name", "config_overrides", "pretrained_path",
-                                "max_position_embeddings", "dropout", "gradient_checkpointing"))
-    task = _fields(classify_cfg, ("target_func", "sequence_length", "num_layers_to_finetune",
-                                  "vocab_size"))
+    model, task = _sections(model_cfg, classify_cfg)
     name = model["name"]
-    if name not in CLASSIFIER_NAMES:
-        raise ValueError(f"model {name!r} is not a sequence classifier; valid: "
-                         f"{', '.join(CLASSIFIER_NAMES)}")
+    encoder = classifier_encoder(model_cfg, classify_cfg, tokenizer)
     context = zero3_construction(ds_config) if zero3_init else nullcontext()
     if name in FINETUNE_WRAPPERS:
-        _alphabet(task["target_func"])            # a valid function, checked before loading
         config = _pretrained_config(name, model["pretrained_path"])
-        if tokenizer is None:
-            from megaproc.tokenizer import load_tokenizer
-
-            tokenizer = load_tokenizer(model["pretrained_path"])
-        encoder = TextEncoder(tokenizer)
         with context:
             backbone = _finetune_backbone(model["pretrained_path"], config,
                                           int(task["num_layers_to_finetune"] or 0),
@@ -322,11 +334,10 @@ def build_classifier(model_cfg: Any, classify_cfg: Any, tokenizer=None, *,
         if model["pretrained_path"]:
             raise ValueError(f"model.pretrained_path is for the finetune wrappers "
                              f"({', '.join(FINETUNE_WRAPPERS)}), not {name!r}")
-        config, encoder = classifier_config(name, task["target_func"],
-                                            int(task["sequence_length"]),
-                                            model["config_overrides"] or "",
-                                            model["max_position_embeddings"], model["dropout"],
-                                            task["vocab_size"])
+        config, _ = classifier_config(name, task["target_func"], int(task["sequence_length"]),
+                                      model["config_overrides"] or "",
+                                      model["max_position_embeddings"], model["dropout"],
+                                      task["vocab_size"])
         with context:
             backbone = AutoModel.from_config(config,
                                              attn_implementation=config._attn_implementation)
@@ -334,6 +345,28 @@ def build_classifier(model_cfg: Any, classify_cfg: Any, tokenizer=None, *,
     if model["gradient_checkpointing"]:
         classifier.gradient_checkpointing_enable()
     return classifier, encoder
+
+
+def run_tokenizer(cfg: Any, tokenizer=None):
+    """The tokenizer a classification run encodes with: none for from-scratch models; for the
+    finetune wrappers the run's tokenizer when ``data.tokenizer`` names one, else ``None``
+    (the one saved in ``model.pretrained_path`` is loaded)."""
+    if cfg.model.name not in FINETUNE_WRAPPERS:
+        return None
+    return tokenizer if getattr(cfg.data, "tokenizer", None) else None
+
+
+def build_run_classifier(cfg: Any, tokenizer=None,
+                         ds_config: dict | None = None) -> SequenceClassifier:
+    """The classifier of a run (``classify.target_func`` set): :func:`build_classifier` on the
+    run's sections, under ``zero.Init`` when the DeepSpeed config is ZeRO-3 and
+    ``model.zero3_init`` is ``always`` (the classifiers are small enough to build whole
+    otherwise)."""
+    stage = ((ds_config or {}).get("zero_optimization") or {}).get("stage", 0)
+    zero3 = stage == 3 and getattr(cfg.model, "zero3_init", "never") == "always"
+    model, _ = build_classifier(cfg.model, cfg.classify, run_tokenizer(cfg, tokenizer),
+                                zero3_init=zero3, ds_config=ds_config)
+    return model
 
 
 def count_classifier_parameters(name: str, target_func: str = "fn_a",
