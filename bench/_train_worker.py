@@ -96,7 +96,7 @@ def run_baseline(args, mode: str) -> float:
     tokenizer = build_run_tokenizer(cfg.data)
     ds_config = build_ds_config(cfg, dist_utils.world_size())
     torch.manual_seed(cfg.run.seed)
-    model = build_run_model(cfg.model, tokenizer, ds_config, zero_stage(ds_config), 1)
+    model, _ = build_run_model(cfg.model, tokenizer, ds_config, zero_stage(ds_config), 1)
     batches = _batches(cfg, tokenizer)
     if mode == "deepspeed":
         engine, _ = build_engine(cfg, model, ds_config)

@@ -101,9 +101,13 @@ class Trainer:
 
             return build_run_classifier(self.cfg, self.tokenizer, self.ds_config)
         from megaproc.models.run_model import build_run_model
+        from megaproc.models.transfer import write_transfer_report
 
-        return build_run_model(self.cfg.model, self.tokenizer, self.ds_config,
-                               zero_stage(self.ds_config), local_world)
+        model, report = build_run_model(self.cfg.model, self.tokenizer, self.ds_config,
+                                        zero_stage(self.ds_config), local_world)
+        if report is not None and dist_utils.is_main():
+            log.info(write_transfer_report(self.run_dir / "transfer.json", report))
+        return model
 
     def _prepare_run_dir(self, resume_from: Path | None) -> None:
         """Refuse to overwrite a finished run; write the resolved config before step 0."""

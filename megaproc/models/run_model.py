@@ -34,7 +34,8 @@ def wants_zero3_init(model_cfg, vocab_size: int, local_world_size: int, host_mem
 
 def build_run_model(model_cfg, tokenizer, ds_config: dict, zero_stage: int,
                     local_world_size: int):
-    """The HF causal LM for a run (weights from ``model.init_from`` when set)."""
+    """``(model, transfer_report_or_None)``: the HF causal LM for a run, with weight groups from
+    ``model.init_from`` and parameters outside ``model.weights_to_train`` frozen."""
     import psutil
 
     vocab = len(tokenizer)
@@ -43,14 +44,17 @@ def build_run_model(model_cfg, tokenizer, ds_config: dict, zero_stage: int,
                                   psutil.virtual_memory().total))
     model = build_model(model_cfg, vocab_size=vocab, zero3_init=zero3, ds_config=ds_config,
                         **token_ids(tokenizer))
-    if model_cfg.init_from:
-        from megaproc.models.transfer import transfer_weights
+    from megaproc.models.transfer import freeze_weights, transfer_report, transfer_weights
 
-        transfer_weights(model, model_cfg)
+    copied = transfer_weights(model, model_cfg, tokenizer) if model_cfg.init_from else {}
+    freeze_weights(model, model_cfg.weights_to_train)
+    report = None
+    if model_cfg.init_from or "everything" not in model_cfg.weights_to_train:
+        report = transfer_report(model, copied)
     if model_cfg.gradient_checkpointing:
         # HF disables the KV cache with checkpointing; use_reentrant=False works with frozen
         # inputs (embeddings not trained) where the reentrant variant drops gradients.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if os.environ.get("MEGAPROC_DEBUG_MODEL"):
         log.info(str(model))
-    return model
+    return model, report

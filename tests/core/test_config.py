@@ -76,3 +76,39 @@ def test_cli_unknown_key_is_one_line_error():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "unknown config key 'train.bogus'" in out.stderr
+
+
+@pytest.mark.parametrize("override, key", [
+    ("curriculum.curr_threshold=5", "curriculum.curr_threshold"),
+    ("curriculum.enabled=true", "curriculum.enabled"),          # needs task.kind graph_search
+    ("task.kind=graph_serch", "task.kind"),
+    ("task.max_lookahead=0", "task.max_lookahead"),
+    ("extra.anything=1", "extra"),                              # unknown top-level section
+    ("eval.ewok_every=10", "eval.ewok_every"),                  # needs eval.ewok_path
+    ("model.weights_to_train=[attn, mlp]", "model.weights_to_train"),
+    ("schedule.kind=cosin", "schedule.kind"),
+])
+def test_dry_run_rejects_exactly_what_training_rejects(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"'{key}'" in str(err.value)
+    out = subprocess.run([sys.executable, "megaproc/train.py", "--dry-run", override], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and f"'{key}'" in out.stderr and out.stdout == ""
+
+
+def test_workflow_sections_are_typed_parts_of_the_config():
+    cfg = load_config(None, ["task.kind=graph_search", "curriculum.enabled=true",
+                             "curriculum.curr_threshold=0.9", "classify.n_epochs=3"])
+    assert cfg.task.kind == "graph_search" and cfg.curriculum.curr_threshold == 0.9
+    assert cfg.classify.n_epochs == 3 and cfg.classify.target_func is None
+    assert yaml.safe_load(to_yaml(cfg))["curriculum"]["enabled"] is True
+
+
+def test_config_module_imports_nothing_of_megaproc_but_errors():
+    import ast
+
+    tree = ast.parse((REPO / "megaproc" / "config.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert {m for m in imported if m and m.startswith("megaproc")} == {"megaproc.errors"}
