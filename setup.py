@@ -27,7 +27,7 @@ setup(
     extras_require={
         "logging": ["tensorboard", "wandb", "matplotlib"],
         "test": ["pytest>=7", "tensorboard", "wandb", "matplotlib", "megatron-core==0.16.1",
-                 "lm-eval>=0.4.9", "accelerate"],
+                 "lm-eval>=0.4.13", "accelerate"],
     },
     entry_points={
         "console_scripts": [
