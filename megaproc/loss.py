@@ -19,7 +19,16 @@ Training losses (``train.loss``):
     token-mean cross entropy over the answer tokens only (prompt/answer data such as DeepMind
     Mathematics); a micro-batch without answer tokens contributes a zero loss.
 
-The logged ``loss`` is always the unweighted token-mean over the tokens that train.
+Several valid answers (graph search): the live task source adds one row per *other* valid
+answer of an example (``example_id`` says which example a row answers, ``primary`` marks the
+``output_texts[0]`` row).  Only primary rows count for ``mean``/``answer_only`` and for the
+logged loss; ``weighted`` accepts any valid answer: an example's answer term is the marginal
+negative log-likelihood ``-log sum_i P(answer_i | prompt)`` of its valid answers (each
+``P(answer_i | prompt)`` the product over the answer's tokens and eos), in place of the summed
+answer-token cross entropy of ``output_texts[0]``, with the same weight ``w_pred``.  With one
+answer per example this is exactly the formula above.
+
+The logged ``loss`` is always the unweighted token-mean over the primary rows' tokens that train.
 """
 
 from __future__ import annotations
@@ -68,23 +77,63 @@ def weighted_token_loss(per_token: torch.Tensor, mask: torch.Tensor,
     return (per_token * weights).sum() / weights.sum().clamp(min=1e-9)
 
 
-def training_mask(kind: str, labels: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+def training_mask(kind: str, labels: torch.Tensor, answer_mask: torch.Tensor,
+                  primary: torch.Tensor | None = None) -> torch.Tensor:
     """The tokens whose loss is logged (and, but for ``weighted``'s weights, trained)."""
     mask = label_mask(labels)
+    if primary is not None:
+        mask = mask & primary.to(mask.device).bool()[:, None]
     if kind == "answer_only":
         mask = mask & answer_mask.to(mask.device).bool()
     return mask
 
 
+def segment_logsumexp(values: torch.Tensor, segments: torch.Tensor, count: int) -> torch.Tensor:
+    """``log(sum(exp(values[segments == k])))`` for ``k < count`` (differentiable)."""
+    top = torch.full((count,), float("-inf"), dtype=values.dtype, device=values.device)
+    top = top.scatter_reduce(0, segments, values.detach(), reduce="amax")
+    sums = torch.zeros(count, dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, segments, torch.exp(values - top[segments]))
+    return top + torch.log(sums)
+
+
+def any_answer_weighted_loss(per_token: torch.Tensor, labels: torch.Tensor,
+                             answer_mask: torch.Tensor, example_id: torch.Tensor,
+                             primary: torch.Tensor) -> torch.Tensor:
+    """``weighted`` with several valid answers per example (see the module docstring)."""
+    mask = label_mask(labels)
+    answer = answer_mask.to(mask.device).bool() & mask
+    primary = primary.to(mask.device).bool()[:, None]
+    example_id = example_id.to(mask.device)
+    total = (mask & primary).sum()
+    pred = (answer & primary).sum()
+    if pred == 0:
+        return masked_mean(per_token, mask & primary)
+    w_pred = 1.0 + total.float() / pred.float()
+    prompt_part = (per_token * (mask & ~answer & primary)).sum()
+    row_nll = (per_token * answer).sum(dim=1)
+    marginal = -segment_logsumexp(-row_nll, example_id, int(example_id.max()) + 1)
+    denominator = (total - pred).float() + w_pred * pred.float()
+    return (prompt_part + w_pred * marginal.sum()) / denominator
+
+
 def training_loss(kind: str, per_token: torch.Tensor, labels: torch.Tensor,
-                  answer_mask: torch.Tensor) -> torch.Tensor:
-    """The loss to backpropagate for ``train.loss = kind`` (see the module docstring)."""
+                  answer_mask: torch.Tensor, example_id: torch.Tensor | None = None,
+                  primary: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss to backpropagate for ``train.loss = kind`` (see the module docstring).
+
+    ``example_id``/``primary`` [B] describe rows of alternative valid answers; without
+    alternatives (all rows primary) the plain formulas apply.
+    """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss kind {kind!r} (expected one of {list(LOSS_KINDS)})")
-    mask = label_mask(labels)
+    alternatives = primary is not None and not bool(primary.all())
     if kind == "weighted":
-        return weighted_token_loss(per_token, mask, answer_mask)
-    return masked_mean(per_token, training_mask(kind, labels, answer_mask))
+        if alternatives:
+            return any_answer_weighted_loss(per_token, labels, answer_mask, example_id, primary)
+        return weighted_token_loss(per_token, label_mask(labels), answer_mask)
+    return masked_mean(per_token, training_mask(kind, labels, answer_mask,
+                                                primary if alternatives else None))
 
 
 def masked_sums(logits: torch.Tensor, labels: torch.Tensor,

@@ -98,8 +98,10 @@ class TaskBatchSource:
 
     # ------------------------------------------------------------------ building
     def lane_examples(self, position: int, stage: int, count: int):
-        """``(samples, examples, end_position, skip_counts)``: the next ``count`` accepted
-        examples of this rank's lane from ``position`` at ``stage``."""
+        """``(rows, examples, end_position, skip_counts)``: the next ``count`` accepted examples
+        of this rank's lane from ``position`` at ``stage``; ``rows[k]`` holds one sample per
+        valid answer of example ``k`` (``output_texts[0]`` first).  An example any of whose
+        rows is longer than ``seq_len + 1`` tokens is dropped ("too_long")."""
         limit = self.seq_len + 1
         counts = dict.fromkeys(SKIP_REASONS, 0)
         samples, examples, first_too_long = [], [], None
@@ -114,13 +116,16 @@ class TaskBatchSource:
                     counts["reserved"] += 1
                 else:
                     candidates.append(example)
-            encoded = self.encoder.encode_pairs([(e.prompt, e.output_texts[0]) for e in candidates])
-            for example, sample in zip(candidates, encoded):
-                if len(sample["tokens"]) > limit:
+            pairs = [(e.prompt, a) for e in candidates for a in e.output_texts]
+            encoded = iter(self.encoder.encode_pairs(pairs))
+            for example in candidates:
+                rows = [next(encoded) for _ in example.output_texts]
+                longest = max(len(row["tokens"]) for row in rows)
+                if longest > limit:
                     counts["too_long"] += 1
-                    first_too_long = first_too_long or len(sample["tokens"])
+                    first_too_long = first_too_long or longest
                     continue
-                samples.append(sample)
+                samples.append(rows)
                 examples.append(example)
         if first_too_long and not self._warned_too_long:
             self._warned_too_long = True
@@ -132,8 +137,8 @@ class TaskBatchSource:
     def _build(self, key: tuple[int, int]):
         """``((batch, end_position, skip_counts), next_key)`` for the micro-batch at ``key``."""
         position, stage = key
-        samples, _, end, counts = self.lane_examples(position, stage, self.micro_batch)
-        return (collate_task(samples, self.pad_id), end, counts), (end, stage)
+        examples, _, end, counts = self.lane_examples(position, stage, self.micro_batch)
+        return (collate_task(answer_rows(examples), self.pad_id), end, counts), (end, stage)
 
     # ------------------------------------------------------------------ interface
     def micro_batch_at(self, micro_step: int) -> dict:
@@ -218,6 +223,15 @@ class TaskBatchSource:
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
+
+
+def answer_rows(examples: list[list[dict]]) -> list[dict]:
+    """The rows of a micro-batch: every example's ``output_texts[0]`` row in order, then the
+    rows of its other valid answers, each tagged with ``example_id`` and ``primary``."""
+    primary = [dict(rows[0], example_id=k, primary=True) for k, rows in enumerate(examples)]
+    others = [dict(row, example_id=k, primary=False)
+              for k, rows in enumerate(examples) for row in rows[1:]]
+    return primary + others
 
 
 def check_split_settings(split_dir: str, generator: GraphSearchGenerator, log) -> None:

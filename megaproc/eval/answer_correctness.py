@@ -21,13 +21,13 @@ Full word
     spelling the same text with other tokens counts as wrong.
 
 Several valid answers (``len(output_texts) > 1``)
-    * Training examples are trained on ``output_texts[0]`` (the next vertex of the sampled
-      shortest path, as the original ``pptrain.py`` did).  The teacher-forced training
-      forward only shows the model's greedy choices along that answer, so a training example
-      counts as correct when the greedy prediction is ``output_texts[0]``; predicting another
-      valid answer counts as wrong in the curriculum window.  This is conservative (it can
-      only delay an advance) and rare: the generator gives several answers only when two
-      children of the current vertex both lie on shortest paths to the goal.
+    * Training: the live task source adds one row per other valid answer of an example
+      (``example_id``/``primary`` in the batch), so the training forward holds one
+      teacher-forced row per valid answer; the curriculum window counts an example as correct
+      when any of its rows is (:func:`megaproc.hooks.curriculum.examples_correct`), and the
+      weighted loss trains the marginal likelihood of the valid answers
+      (:func:`megaproc.loss.any_answer_weighted_loss`).  The primary row is ``output_texts[0]``
+      (the next vertex of the sampled shortest path, as the original ``pptrain.py``).
     * Held-out evaluation (:mod:`megaproc.eval.task_accuracy`, ``python -m megaproc.evaluate``)
       checks every valid answer — one teacher-forced row per answer — and counts the example
       as correct when the greedy prediction equals any of them.

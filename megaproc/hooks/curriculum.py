@@ -6,8 +6,8 @@ at the largest valid lookahead).
 
 Window
     After every micro-batch the correctness of each training example (greedy full-word
-    prediction of its answer, from the training forward itself; see
-    :mod:`megaproc.eval.answer_correctness`) is all-gathered from every rank and appended in rank
+    prediction of any of its valid answers, from the training forward itself: the source adds a
+    row per alternative answer; see :mod:`megaproc.eval.answer_correctness`) is all-gathered from every rank and appended in rank
     order to a window of the last ``curr_window`` examples.  The window is therefore the same
     on every rank, holds ``micro_batch * grad_accum * world_size`` new examples per optimizer
     step, and costs no extra forward (it works under ZeRO-3).
@@ -52,6 +52,19 @@ def gather_flags(local: torch.Tensor) -> list[int]:
     parts = [torch.empty_like(local) for _ in range(dist_utils.world_size())]
     torch.distributed.all_gather(parts, local)
     return torch.cat(parts).cpu().tolist()
+
+
+def examples_correct(rows: torch.Tensor, example_id: torch.Tensor | None,
+                     primary: torch.Tensor | None) -> torch.Tensor:
+    """Per example (in primary-row order): correct when the greedy prediction is any of its valid
+    answers, i.e. when any of its rows is correct."""
+    if example_id is None:
+        return rows
+    example_id = example_id.to(rows.device)
+    count = int(primary.sum())
+    hits = torch.zeros(count, dtype=torch.int64, device=rows.device)
+    hits.index_add_(0, example_id, rows.to(torch.int64))
+    return hits > 0
 
 
 class CurriculumHook(Hook):
@@ -134,8 +147,9 @@ class CurriculumHook(Hook):
 
     def on_loss(self, trainer, batch, logits, per_token_loss, loss):
         labels = batch["labels"].to(logits.device)
-        self.record(teacher_forced_correct(logits.detach(), labels, batch["word_mask"],
-                                           batch["boundary_mask"], self.continues_word))
+        rows = teacher_forced_correct(logits.detach(), labels, batch["word_mask"],
+                                      batch["boundary_mask"], self.continues_word)
+        self.record(examples_correct(rows, batch.get("example_id"), batch.get("primary")))
         return loss
 
     def on_step_end(self, trainer, metrics: dict) -> None:

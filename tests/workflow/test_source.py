@@ -108,8 +108,8 @@ def test_stage_change_never_serves_prefetched_examples_of_the_old_stage(tokenize
     while (start, 1) not in prefetching._prefetcher._ready and time.time() < deadline:
         time.sleep(0.01)                                 # stage-1 batches are built ahead
     assert (start, 1) in prefetching._prefetcher._ready
-    old_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 1, 2)[0]]
-    new_stage = [s["tokens"].tolist() for s in prefetching.lane_examples(start, 3, 2)[0]]
+    old_stage = [rows[0]["tokens"].tolist() for rows in prefetching.lane_examples(start, 1, 2)[0]]
+    new_stage = [rows[0]["tokens"].tolist() for rows in prefetching.lane_examples(start, 3, 2)[0]]
     assert old_stage != new_stage
     for src in (prefetching, plain):
         src.set_stage(3)
@@ -151,3 +151,34 @@ def test_batches_carry_the_correctness_masks(tokenizer):
                           "boundary_mask", "source"}
     assert torch.all(batch["word_mask"].sum(1) >= 1) and torch.all(batch["boundary_mask"].sum(1) == 1)
     assert torch.all(batch["answer_mask"] >= batch["word_mask"])
+
+
+def test_task_run_fingerprint_never_builds_the_default_corpus(tmp_path, monkeypatch, symbolic_splits):
+    from megaproc.config import load_config
+    from megaproc.data.run_sources import data_fingerprint
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEGAPROC_CACHE", str(cache))
+    tok_dir = tmp_path / "tok"
+    _tiny_tokenizer().save_pretrained(str(tok_dir))
+    from megaproc.tokenizer import load_tokenizer
+
+    cfg = load_config(None, ["task.kind=graph_search", f"data.tokenizer={tok_dir}",
+                             f"task.splits_dir={symbolic_splits}"])
+    first = data_fingerprint(cfg, load_tokenizer(tok_dir))
+    assert not cache.exists() or not any(cache.iterdir())  # nothing built or trained
+    other = load_config(None, ["task.kind=graph_search", f"data.tokenizer={tok_dir}",
+                               f"task.splits_dir={symbolic_splits}", "task.max_lookahead=2"])
+    assert data_fingerprint(other, load_tokenizer(tok_dir)) != first
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["graph search edges 1 2 3 4 5 6 7 8 9 0 > = , ."],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>",
+                                   unk_token="<unk>")
