@@ -52,15 +52,36 @@ def drop_records_after(path: str | Path, step: int) -> None:
 
 
 class EvalLog:
-    """Appends evaluation records to ``RUN_DIR/logs/eval.jsonl`` and tells every hook."""
+    """Appends evaluation records to ``RUN_DIR/logs/eval.jsonl`` and tells every hook.
+
+    ``RUN_DIR/step_metrics.json`` (the seed prototype's file) is rewritten after every record:
+    ``{"<step>": {metric: value, ...}}`` with the records of one step merged, so validation,
+    held-out task accuracy and benchmarks of a step sit side by side.
+    """
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "logs" / "eval.jsonl"
+        self.step_metrics = Path(run_dir) / "step_metrics.json"
 
     def open(self, step: int) -> None:
         """Drop records after ``step`` (rank 0; idempotent, so every eval hook may call it)."""
         if dist_utils.is_main():
             drop_records_after(self.path, step)
+            self._write_step_metrics()
+
+    def _write_step_metrics(self) -> None:
+        merged: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                merged.setdefault(str(record.get("step", 0)), {}).update(
+                    {k: v for k, v in record.items() if k not in ("step", "timestamp")})
+        tmp = self.step_metrics.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=1, default=float))
+        os.replace(tmp, self.step_metrics)
 
     def write(self, trainer, metrics: dict, **fields) -> dict:
         """Write ``{step, **fields, **metrics, timestamp}`` (rank 0), call ``on_eval`` of every
@@ -70,5 +91,6 @@ class EvalLog:
             writer = JsonlWriter(self.path)
             writer.write(record)
             writer.close()
+            self._write_step_metrics()
         trainer.hooks.on_eval(trainer, record)
         return record

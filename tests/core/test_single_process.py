@@ -97,3 +97,20 @@ def test_restart_before_first_checkpoint_starts_over_and_keeps_old_logs(tmp_path
     kept = list(out.glob("logs.before_restart_*"))
     assert len(kept) == 1 and (kept[0] / "train.jsonl").read_text() == first
     assert sorted(losses(out)) == [1, 2]
+
+
+def test_total_batch_tokens_sets_grad_accum_and_step_metrics_merge_evals(tmp_path):
+    out = tmp_path / "run"
+    base = [o for o in FAST if not o.startswith("train.grad_accum")]
+    proc = run(1, base + [f"run.out_dir={out}", "train.max_steps=4", "eval.every=2",
+                          "train.total_batch_tokens=192"])  # 192 = micro 2 x seq 32 x accum 3
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(out / "logs" / "train.jsonl")
+    assert records[-1]["samples"] == 4 * 2 * 3
+    assert "grad_accum: 3" in (out / "config.yaml").read_text()
+    step_metrics = json.loads((out / "step_metrics.json").read_text())
+    evals = read_jsonl(out / "logs" / "eval.jsonl")
+    assert sorted(step_metrics, key=int) == [str(e["step"]) for e in evals] == ["2", "4"]
+    assert all(step_metrics[str(e["step"])]["val_loss"] == e["val_loss"] for e in evals)
+    bad = run(1, base + [f"run.out_dir={tmp_path / 'bad'}", "train.total_batch_tokens=100"])
+    assert "'train.total_batch_tokens'" in _one_error_line(bad)
