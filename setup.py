@@ -35,6 +35,7 @@ setup(
             "megaproc-export=megaproc.export:main",
             "megaproc-evaluate=megaproc.evaluate:main",
             "megaproc-pipeline=megaproc.pipeline:main",
+            "megaproc-plot=megaproc.plot:main",
         ]
     },
 )
