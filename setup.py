@@ -36,6 +36,7 @@ setup(
             "megaproc-evaluate=megaproc.evaluate:main",
             "megaproc-pipeline=megaproc.pipeline:main",
             "megaproc-plot=megaproc.plot:main",
+            "megaproc-sweep=megaproc.sweep:main",
         ]
     },
 )

@@ -219,7 +219,9 @@ def _draws(target_func: str, length: int) -> list[tuple[tuple[int, ...], Draw]]:
 
 
 # ----------------------------------------------------------------------------- the pool
-def _check_sizes(target_func: str, length: int, train_size: int, test_size: int) -> None:
+def check_request(target_func: str, length: int, train_size: int, test_size: int) -> None:
+    """Raise :class:`BooleanDataError` for a data set that cannot be made (cheap: no drawing;
+    a construction whose capacity is not counted can still stall in :func:`make_pool`)."""
     fn = get_function(target_func)
     fn.check_length(length)
     for name, size in (("train_set_size", train_size), ("test_set_size", test_size)):
@@ -275,7 +277,7 @@ def make_pool(target_func: str, length: int, size: int,
 def make_splits(target_func: str, sequence_length: int, train_set_size: int,
                 test_set_size: int, seed: int) -> BooleanSplits:
     """Generate the balanced, duplicate-free train and test splits (see the module docstring)."""
-    _check_sizes(target_func, sequence_length, train_set_size, test_set_size)
+    check_request(target_func, sequence_length, train_set_size, test_set_size)
     dseed = derived_seed(target_func, sequence_length, train_set_size, test_set_size, seed)
     rng = random.Random(dseed)
     pool = make_pool(target_func, sequence_length, train_set_size + test_set_size, rng)
@@ -347,7 +349,7 @@ def load_or_make_splits(target_func: str, sequence_length: int, train_set_size: 
     back; otherwise the data are generated, written to a temporary folder and renamed into
     place.  When several processes race, the first rename wins and the others read it.
     """
-    _check_sizes(target_func, sequence_length, train_set_size, test_set_size)
+    check_request(target_func, sequence_length, train_set_size, test_set_size)
     root = Path(cache_dir) if cache_dir else default_cache_root()
     final = root / cache_subdir(target_func, sequence_length, train_set_size, test_set_size,
                                 seed)
