@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge-train", action="store_true",
                         help="write the train-* splits into one train.jsonl")
     parser.add_argument("--separator", default=SEPARATOR,
-                        help="text appended to every question (default: a newline)")
+                        help="text appended to every question, used verbatim (default: a newline; "
+                             "the evaluator stops decoding at a newline)")
     return parser
 
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataToolError("--max-per-module must be >= 0")
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     written = convert(args.input, args.out_dir, splits, args.max_per_module, args.merge_train,
-                      args.separator.encode().decode("unicode_escape"))
+                      args.separator)
     for name, count in written.items():
         print(f"wrote {Path(args.out_dir) / name}: {count} examples")
     return 0
