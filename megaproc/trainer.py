@@ -18,11 +18,13 @@ import torch
 
 from megaproc import distributed as dist_utils
 from megaproc.checkpoint import Checkpointer, ResumeError, read_trainer_state
+from megaproc.checkpoint.reshard import configure_ds_config
 from megaproc.config import Config, experiment_settings, fingerprint, to_dict, to_yaml
 from megaproc.console_log import get_logger
 from megaproc.data.run_sources import build_batch_source, data_fingerprint
 from megaproc.engine import build_ds_config, build_engine, zero_stage
 from megaproc.errors import ConfigError
+from megaproc.flops import mfu, model_flops_per_token, peak_flops
 from megaproc.hooks import Hook, Hooks, build_hooks
 from megaproc.loss import classification_loss, token_cross_entropy, training_loss, training_mask
 from megaproc.metrics import LossMeter
@@ -80,12 +82,15 @@ class Trainer:
         self._prepare_run_dir(resume_from)
         seed_everything(cfg.run.seed)
         self.ds_config = build_ds_config(cfg, self.world_size)
+        # A checkpoint of another world size loads as a universal checkpoint (reshard.py).
+        configure_ds_config(self.ds_config, resume_from, self.world_size, cfg.checkpoint)
         model = self._build_model()
         self.hf_config = model.config
         self.engine, self.schedule = build_engine(cfg, model, self.ds_config)
         # Dropout streams differ per rank; resumes restore them from the checkpoint.
         seed_everything(cfg.run.seed + 1000003 * (self.rank + 1))
         self.meter = LossMeter(len(self.source.names), self.device)
+        self.flops_per_token, self.peak_flops = self._flops_setup()
         self.hooks = Hooks(build_hooks(cfg, self.run_dir, self.tokenizer, self.source, valid,
                                        self.hf_config.vocab_size, self.device, self.rank,
                                        self.world_size, self.pad_id) + list(extra_hooks or []))
@@ -108,6 +113,17 @@ class Trainer:
         if report is not None and dist_utils.is_main():
             log.info(write_transfer_report(self.run_dir / "transfer.json", report))
         return model
+
+    def _flops_setup(self) -> tuple[float | None, float | None]:
+        """Model FLOPs per token and per-device peak FLOP/s for the logged ``mfu``
+        (``train.peak_flops``, else the GPU's known bf16 peak; none on CPU unless set)."""
+        peak = self.cfg.train.peak_flops or peak_flops(self.device)
+        try:
+            per_token = model_flops_per_token(self.hf_config, self.cfg.train.seq_len)
+        except (ValueError, AttributeError, KeyError) as exc:  # an architecture flops.py lacks
+            log.info(f"mfu not logged: {exc}")
+            return None, peak
+        return per_token, peak
 
     def _prepare_run_dir(self, resume_from: Path | None) -> None:
         """Refuse to overwrite a finished run; write the resolved config before step 0."""
@@ -211,6 +227,9 @@ class Trainer:
             "grad_norm": _float_or_none(self.engine.get_global_grad_norm()),
             "data_wait_frac": data_wait / max(elapsed, 1e-9),
         }
+        if self.flops_per_token and self.peak_flops:
+            metrics["mfu"] = mfu(metrics["tokens_per_s"], self.flops_per_token, self.peak_flops,
+                                 self.world_size)
         for name, value in zip(self.source.names, reduced["per_source"]):
             if value is not None:
                 metrics[f"loss/{name}"] = value

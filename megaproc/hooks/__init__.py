@@ -49,6 +49,11 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, vocab_size
         from megaproc.hooks.task_eval import TaskEvalHook
 
         hooks.append(TaskEvalHook(heldout, cfg.task.eval_every))
+    if cfg.eval.hellaswag_every or cfg.eval.ewok_every:
+        from megaproc.hooks.benchmark_eval import BenchmarkEvalHook
+
+        hooks.append(BenchmarkEvalHook(cfg.eval, run_dir, tokenizer, cfg.train.seq_len, rank,
+                                       world_size))
     if valid_dataset is not None:
         from megaproc.hooks.validation import ValidationHook
 

@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 
 from megaproc import distributed as dist_utils
+from megaproc.console_log import get_logger
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import JsonlWriter, drop_records_after
+
+
+log = get_logger(__name__)
 
 
 class LoggingHook(Hook):
@@ -73,6 +77,13 @@ class LoggingHook(Hook):
                 self.tensorboard.add_scalar(key, value, metrics["step"])
         if self.wandb_run is not None:
             self.wandb_run.log(scalars, step=metrics["step"])
+
+    def on_train_end(self, trainer) -> None:
+        if self.cfg.plot_at_end and dist_utils.is_main():
+            from megaproc.plot import plot_run
+
+            written = plot_run(self.run_dir)
+            log.info(f"wrote {len(written)} plots to {written[0].parent if written else self.run_dir}")
 
     def close(self) -> None:
         if self.progress is not None:

@@ -99,14 +99,24 @@ def test_restart_before_first_checkpoint_starts_over_and_keeps_old_logs(tmp_path
     assert sorted(losses(out)) == [1, 2]
 
 
-def test_total_batch_tokens_sets_grad_accum_and_step_metrics_merge_evals(tmp_path):
+def test_total_batch_tokens_mfu_plots_and_step_metrics(tmp_path):
     out = tmp_path / "run"
     base = [o for o in FAST if not o.startswith("train.grad_accum")]
     proc = run(1, base + [f"run.out_dir={out}", "train.max_steps=4", "eval.every=2",
-                          "train.total_batch_tokens=192"])  # 192 = micro 2 x seq 32 x accum 3
+                          "train.total_batch_tokens=192",  # 192 = micro 2 x seq 32 x accum 3
+                          "train.peak_flops=1e12", "log.plot_at_end=true"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_jsonl(out / "logs" / "train.jsonl")
     assert records[-1]["samples"] == 4 * 2 * 3
+    # mfu = model FLOP/s over the configured peak (6 x matmul params + attention, per token)
+    from transformers import AutoConfig
+
+    from megaproc.flops import model_flops_per_token
+
+    config = AutoConfig.from_pretrained(out / "checkpoints" / "step_00000004" / "hf_config")
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * model_flops_per_token(config, 32) / 1e12)
+    assert sorted(p.name for p in (out / "plots").iterdir()) >= ["loss.png", "lr.png"]
     assert "grad_accum: 3" in (out / "config.yaml").read_text()
     step_metrics = json.loads((out / "step_metrics.json").read_text())
     evals = read_jsonl(out / "logs" / "eval.jsonl")
