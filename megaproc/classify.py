@@ -43,12 +43,12 @@ def check_run_config(cfg) -> None:
     an unknown target function or model, a length the function is not defined at, odd split
     sizes, a finetune wrapper without ``model.pretrained_path``.  (A data set too large for its
     length is left to the data code, whose message says how many sequences exist.)"""
-    from megaproc.models.classification import CLASSIFIER_NAMES, FINETUNE_WRAPPERS
-    from megaproc.synthetic.boolean import FUNCTION_NAMES, BooleanDataError, get_function
-
     c = cfg.classify
     if c.target_func is None:
         return
+    from megaproc.models.classification import CLASSIFIER_NAMES, FINETUNE_WRAPPERS
+    from megaproc.synthetic.boolean import FUNCTION_NAMES, BooleanDataError, get_function
+
     if c.target_func not in FUNCTION_NAMES:
         raise ConfigError(f"config key 'classify.target_func' must be one of "
                           f"{list(FUNCTION_NAMES)}, got {c.target_func!r}")

@@ -83,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = sweep.experiment_dir / "summary.csv"
     columns = sj.write_summary_csv(rows, jobs, summary)
     print(sj.format_table(rows, columns))
-    failed = [job_id for job_id, result in results.items() if result["status"] != "done"]
     print(f"summary: {summary}")
-    if failed:
-        print(f"{len(failed)} failed (see their stdout.log; rerun to retry): {', '.join(failed)}")
-        return 1
-    return 0
+    unfinished = 0
+    for state in ("failed", "interrupted"):
+        ids = [job_id for job_id, result in results.items() if result["status"] == state]
+        if ids:
+            print(f"{len(ids)} {state} (see their stdout.log; rerun to retry): {', '.join(ids)}")
+        unfinished += len(ids)
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":

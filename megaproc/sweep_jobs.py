@@ -40,6 +40,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,8 @@ SWEEP_KEYS = ("experiment_name", "results_root", "recipe", "base_args", "grid", 
 MARKERS = ("RUNNING", "DONE", "FAILED")
 PREFERRED_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss", "step", "loss")
 MAX_ID_LENGTH = 120
+# Exit codes of a job stopped by SIGINT/SIGTERM (killed by the signal, or exiting 128 + signal).
+INTERRUPT_CODES = (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 @dataclass
@@ -302,11 +305,13 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
     with open(d / "stdout.log", "a", encoding="utf-8") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(job.command)}\n")
         log.flush()
-        # A KeyboardInterrupt reaches the child too (same process group) and leaves RUNNING
-        # behind, so the job counts as interrupted and runs again next time.
+        # Ctrl-C reaches the child too (same process group); the job then keeps its RUNNING
+        # marker, counts as interrupted and runs again next time.
         code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, env=env).returncode
     seconds = round(time.time() - started, 2)
+    if code in INTERRUPT_CODES:              # stopped by Ctrl-C/SIGTERM: keep RUNNING behind
+        return {"status": "interrupted", "exit_code": code, "seconds": seconds, "metrics": {}}
     if code == 0:
         metrics = final_metrics(d)
         _write_json(d / "DONE", {"exit_code": 0, "seconds": seconds, "metrics": metrics})

@@ -41,6 +41,8 @@ FAKE_PROGRAM = textwrap.dedent("""
             values.get("optim.lr") == "0.2" and values.get("train.max_steps") == "2":
         print("boom", file=sys.stderr)
         sys.exit(3)
+    if os.path.exists(os.environ.get("SWEEP_TEST_FAIL", "/nonexistent") + ".sigint"):
+        sys.exit(130)                                      # as a Ctrl-C'ed trainer does
     steps, lr = int(values["train.max_steps"]), float(values["optim.lr"])
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     with open(os.path.join(out, "logs", "train.jsonl"), "w") as f:
@@ -147,6 +149,17 @@ def test_interrupted_job_runs_again(env):
     assert sweep_main([str(sweep), "--no-progress", "--parallel", "2"]) == 0
     assert runs(env)[before:] == [job.name]
     assert not (job / "RUNNING").exists()
+
+
+def test_job_stopped_by_a_signal_counts_as_interrupted(env, capsys):
+    sweep = write_sweep(env, grid={"train.max_steps": [1], "optim.lr": [0.1]})
+    (env["root"] / "FAIL.sigint").write_text("")
+    assert sweep_main([str(sweep), "--no-progress"]) == 1
+    assert "1 interrupted" in capsys.readouterr().out
+    job = env["root"] / "results" / "exp" / "optim.lr=0.1__train.max_steps=1"
+    assert (job / "RUNNING").is_file() and not (job / "FAILED").exists()
+    (env["root"] / "FAIL.sigint").unlink()
+    assert sweep_main([str(sweep), "--no-progress"]) == 0 and (job / "DONE").is_file()
 
 
 @pytest.mark.parametrize("grid,key", [
