@@ -195,6 +195,18 @@ def expand_jobs(sweep: Sweep) -> list[Job]:
     return jobs
 
 
+def _check_lm_model_name(cfg) -> None:
+    """A causal-LM run's ``model.name`` must be a preset (load_config takes any string)."""
+    if cfg.classify.target_func is not None or cfg.model.pretrained_path:
+        return
+    from megaproc.models.presets import get_preset
+
+    try:
+        get_preset(cfg.model.name)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model.name': {exc}") from None
+
+
 def validate_jobs(sweep: Sweep, jobs: list[Job]) -> list[str]:
     """Load every job's config (refusing the first bad one, naming its key); returns warnings
     about jobs whose classification data set cannot be made (they will fail when run)."""
@@ -206,6 +218,7 @@ def validate_jobs(sweep: Sweep, jobs: list[Job]) -> list[str]:
         try:
             cfg = load_config(sweep.recipe, [*job.overrides, f"run.out_dir={job.directory}"])
             check_run_config(cfg)
+            _check_lm_model_name(cfg)
         except ConfigError as exc:
             raise ConfigError(f"sweep job {job.job_id}: {exc}") from None
         c = cfg.classify

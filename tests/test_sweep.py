@@ -166,6 +166,7 @@ def test_job_stopped_by_a_signal_counts_as_interrupted(env, capsys):
     ({"train.max_stepz": [1, 2], "optim.lr": [0.1]}, "train.max_stepz"),
     ({"train.max_steps": [1, "many"]}, "train.max_steps"),
     ({"train.precision": ["fp32", "bf32"]}, "train.precision"),
+    ({"model.name": ["tiny", "gpt3"]}, "model.name"),
 ])
 def test_bad_grid_key_is_refused_before_anything_runs(env, capsys, grid, key):
     assert sweep_main([str(write_sweep(env, grid=grid)), "--no-progress"]) == 2
