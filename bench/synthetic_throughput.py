@@ -3,7 +3,8 @@
 For each lookahead, times ``GraphSearchGenerator.example_at_lookahead`` over consecutive
 indices and reports accepted examples per second (rejected draws count against the rate),
 the fraction of indices whose draw was rejected, the graphs drawn per index (an index retries
-with a new graph until the lookahead matches) and the mean prompt length in characters.
+with a new graph until the lookahead matches, and may first build the previous example's graph
+to continue it) and the mean prompt length in characters.
 Rates are per CPU second of this process (``time.process_time``); wall time is also shown.
 Also reports the curriculum's final stage (lookahead uniform in 0..cap).
 
@@ -29,15 +30,16 @@ from megaproc.synthetic.graph_search import GraphSearchGenerator  # noqa: E402
 
 
 def count_attempts(generator: GraphSearchGenerator) -> list[int]:
-    """Wrap the generator's per-graph attempt to count graph draws (a one-item counter list)."""
+    """Wrap the generator's graph draw to count graphs built (a one-item counter list); this
+    includes the previous example's graph that an example continues (see graph_search)."""
     counter = [0]
-    attempt = generator._attempt
+    draw = generator._draw_graph
 
     def counted(*args):
         counter[0] += 1
-        return attempt(*args)
+        return draw(*args)
 
-    generator._attempt = counted
+    generator._draw_graph = counted
     return counter
 
 

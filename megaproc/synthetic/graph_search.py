@@ -2,45 +2,72 @@
 
 Our own implementation of the search task of Saparov et al., "Transformers Struggle to Learn
 to Search" (ICLR 2025): given the edges of a directed acyclic graph, a start and a goal vertex
-and the path walked so far, predict the next vertex of a path to the goal.
+and the path walked so far, predict the next vertex of a path to the goal.  The distribution
+follows the authors' generator (``generate_training_set`` of their ``generator.cpp``).
 
 Symbolic form
     With ``n = max_input_size`` there are ``V = (n - 5) // 3`` vertex ids ``1..V`` and four
     special tokens ``PATH = V+1``, ``EDGE = V+2``, ``PAD = V+3``, ``QUERY = V+4`` (id 0 is
     unused).  An input is ``EDGE u v`` for every edge (shuffled), then ``QUERY start goal``,
     then ``PATH`` and the path so far (it begins with ``start``), left-padded with ``PAD`` to
-    ``n`` tokens.  Graphs with ``3 * edges + 4 > n`` (or whose input plus path does not fit in
-    ``n``) are rejected.  In symbolic mode ``GraphExample.prompt`` is the unpadded token
-    sequence as space-separated integers and each output text is ``" <vertex id>"``.
+    ``n`` tokens.  Graphs with ``3 * edges + 4 > n`` are redrawn and a position whose input
+    plus path does not fit in ``n`` is skipped.  In symbolic mode ``GraphExample.prompt`` is the
+    unpadded token sequence as space-separated integers and each output text is
+    ``" <vertex id>"``.
 
-Graph construction for a requested lookahead ``L`` (``max_edges = V``)
-    ``num_paths`` is uniform in ``[2, (max_edges - 1) // L]`` (1 when ``L == 0``); the vertex
-    budget is ``min(max(L * num_paths, 1) + 1 + U{0..5}, V)``.  The goal chain
-    ``start -> ... -> goal`` has ``max(L, 1)`` edges; ``num_paths - 1`` distractor chains of
-    length ``L`` or ``L + 1`` (the longer one only if the budget allows) leave the start; a
-    chain of ``U{0..free}`` ancestors leads into the start; every remaining vertex is an extra
-    vertex with ``U{0..3}`` children and ``U{0..3}`` parents (at least one of the two),
-    children drawn among existing vertices with probability proportional to
-    ``0.5 + in-degree`` and parents proportional to ``0.5 + out-degree`` among the existing
-    vertices that are not its descendants (so no cycle is ever created).  Vertex ids are a
-    random injection into ``1..V``.
+Graph construction for a lookahead ``L`` (``max_edges = V``; :mod:`.graph_construction`)
+    ``num_paths`` is uniform in ``[2, (max_edges - 1) // L]``; the vertex budget is
+    ``min(L * num_paths + 1 + U{0..5}, V)`` (``max(2, 1 + U{0..5})`` when ``L == 0``).  The goal
+    chain ``start -> ... -> goal`` has ``max(L, 1)`` edges; ``num_paths - 1`` distractor chains
+    of length ``L`` or ``L + 1`` (the longer one only if the budget allows) leave the start
+    (none when ``L == 0``); a chain of ``U{0..free}`` ancestors leads into the start; every
+    remaining vertex is an extra vertex with ``U{0..3}`` children and ``U{0..3}`` parents (at
+    least one of the two), children drawn among existing vertices with probability
+    proportional to ``0.5 + in-count`` and parents proportional to ``0.5 + out-count`` among
+    the existing vertices that are not its descendants (so no cycle is ever created); the
+    counts are upstream's, which leave out the edges a vertex drew for itself.  Graphs with more
+    than 64 shortest ``start -> goal`` paths are redrawn.  Vertex ids are a random injection
+    into ``1..V``.
 
-Answers and lookahead
-    The path so far is a prefix ``path[:j]`` of a shortest ``start -> goal`` path, drawn
-    uniformly among all shortest paths.  The answer set at position ``j`` is every child of
-    ``path[j-1]`` from which the goal is still reachable (usually one vertex, sometimes
-    several; all of them go to ``output_texts``, in the order of ``answers``: first the next
-    vertex of the sampled shortest path, then the others by id).  The example's lookahead is the number of breadth-first steps,
-    starting from the children of ``path[j-1]``, until the goal is in the frontier or every
-    frontier vertex descends from a correct child (see :func:`lookahead_depth`).  An attempt
-    is kept only if that number equals the requested ``L``; otherwise the example draws a new
-    graph (same ``L``), up to ``max_attempts`` times, and gives ``None`` if all fail.  Because
-    the lookahead never exceeds the remaining distance to the goal and the goal chain has
-    ``L`` edges, for ``L >= 1`` the kept position is in practice ``j = 1`` (path = [start]).
-    A requested ``L = 0`` therefore builds its graph for a lookahead drawn uniformly from
-    ``0..lookahead_cap`` and keeps a uniformly drawn position of the path whose lookahead is 0
-    (for a longer chain usually a vertex further along it), so prompts also carry partial
-    proofs.
+Positions, answers and lookahead
+    A *position* of a graph is a pair (shortest path ``p``, index ``j >= 1``): the path so far
+    is ``p[:j]`` and ``next = p[j]``.  Its answer set is every child of ``p[j-1]`` from which
+    the goal is reachable (``answers[0] = next``, then the others by id; all of them go to
+    ``output_texts``, and there are several in a few percent of examples).  Its lookahead is
+    :func:`lookahead_depth` with only ``next`` labelled correct: breadth-first steps from the
+    children of ``p[j-1]`` until the goal is in the frontier or every frontier vertex descends
+    from ``next`` (another child that also reaches the goal is a branch the search must rule
+    out, as upstream; it can never exceed the remaining distance).  The positions of a graph
+    are scanned as upstream does: path after path, ``j = 1, 2, ...`` along each (upstream's
+    order of the paths comes from its data structures; here it is uniformly random).
+
+Examples: upstream's stream, one example at a time
+    Upstream writes a stream: it draws a lookahead ``L``, builds graphs for ``L`` until one has
+    a position of lookahead ``L`` (the first in scan order is emitted), then draws the next
+    example's lookahead and *goes on scanning the same graph* from the next position, building
+    a new graph only when the rest of the graph has no match.  So most lookahead-0 examples
+    (and a few others) are later positions ("partial proofs", usually ``j = 2``) of a graph
+    built for an earlier example's lookahead.  Here example ``k`` is computed alone, from a
+    short model of the stream's state before it:
+
+    1. draw its lookahead ``L`` uniformly from ``0..max_L(stage)``;
+    2. draw the lookahead ``P`` the current graph was built for, uniformly from
+       ``1..max_L(stage)`` (a new graph is only built for a request the previous graph could
+       not serve, and lookahead-0 requests almost always are served, so ``P = 0`` is left
+       out); build graphs for ``P`` until one has a position of lookahead ``P`` and move past
+       the first one; then draw further requests from ``0..max_L(stage)`` (earlier examples
+       of the same graph), each moving past the next position that serves it, until one is
+       not served;
+    3. the first remaining position of lookahead ``L`` is the example; if there is none, graphs
+       are built for ``L`` and the example is the first matching position of the first graph
+       that has one (``None`` after ``max_attempts`` graphs).
+
+    Step 2 is skipped when it cannot give a position of lookahead ``L`` (``P < 2`` or
+    ``L > P``: later positions are closer to the goal than ``P``).  Measured against the
+    authors' generator (``tests/synthetic/test_graph_distribution.py``) this reproduces the
+    edge counts, input lengths, multi-answer shares and the path-length histogram within
+    sampling error; upstream additionally re-emits a few exact repeats of the previous example
+    (duplicated shortest paths; about 0.2% of examples at ``n = 98``), which this does not.
 
 Curriculum (stage -> lookahead)
     ``lookahead_cap = ((n - 5) // 3 - 1) // 2`` is the largest valid lookahead (62 for
@@ -51,7 +78,9 @@ Curriculum (stage -> lookahead)
         max_L(s) = min(lookahead_cap, max(1, round(alpha * max_lookahead)))  ==  min(lookahead_cap, s)
 
     When ``max_lookahead > lookahead_cap`` (e.g. ``--max_input_size 384 --max_lookahead 64``)
-    one warning is emitted at construction and stages past the cap draw up to the cap.
+    one warning is emitted at construction and stages past the cap draw up to the cap.  The
+    fixed-lookahead stream (:meth:`GraphSearchGenerator.example_at_lookahead`) is the last
+    stage conditioned on ``L`` (its previous lookahead is drawn from ``0..lookahead_cap``).
 
 Determinism
     Example ``k`` at stage ``s`` is a pure function of ``(seed, stream_id, s, k)``: it uses its
@@ -64,21 +93,27 @@ from __future__ import annotations
 import random
 import struct
 import warnings
-from bisect import bisect_right
 from dataclasses import dataclass, field
-from itertools import accumulate
 
+from megaproc.synthetic.graph_construction import (
+    build_lookahead_graph,
+    distances_to,
+    lookahead_depth,
+    shortest_paths,
+    shuffle_in_place,
+)
 from megaproc.synthetic.natural_language import render_search_prompt
 
 # Bump when a change alters which examples are produced for a given (seed, stage, index).
-GENERATOR_VERSION = 1
+# 2: upstream's lookahead (relative to the next vertex), position scan and stream continuation.
+GENERATOR_VERSION = 2
 
 MIN_INPUT_SIZE = 14          # smallest n with lookahead_cap >= 1
-MAX_EXTRA_DEGREE = 3         # extra vertices get 0..3 children and 0..3 parents
-DEGREE_SMOOTHING = 0.5       # attachment weight = 0.5 + degree
-MAX_BUDGET_SLACK = 5         # vertex budget adds U{0..5} vertices
 _MODE_STAGE = 0              # rng key namespaces: examples by curriculum stage ...
 _MODE_FIXED_LOOKAHEAD = 1    # ... or at a fixed lookahead (benchmarks, analysis)
+
+__all__ = ["GENERATOR_VERSION", "GraphExample", "GraphSearchGenerator", "MIN_INPUT_SIZE",
+           "lookahead_depth"]
 
 
 @dataclass
@@ -112,179 +147,6 @@ class GraphExample:
         if self.tokens is not None:
             record["tokens"] = list(self.tokens)
         return record
-
-
-def lookahead_depth(children: list[list[int]], current: int, correct: set[int], goal: int) -> int:
-    """Breadth-first steps from ``current``'s children until the goal is found or decided.
-
-    The frontier starts as the children of ``current``, each labelled correct iff it is in
-    ``correct``; a newly discovered vertex is labelled correct iff some frontier vertex with a
-    correct label reaches it.  Before each step, if every frontier label is correct the answer
-    is the number of steps taken so far; otherwise one step is counted and, if the goal is in
-    the frontier, that count is the answer.
-    """
-    labels = {c: (c in correct) for c in children[current]}
-    visited = set(labels)
-    steps = 0
-    while labels:
-        if all(labels.values()):
-            return steps
-        steps += 1
-        if goal in labels:
-            return steps
-        frontier = {}
-        for vertex, ok in labels.items():
-            for child in children[vertex]:
-                if child not in visited:
-                    visited.add(child)
-                    frontier[child] = ok
-                elif ok and child in frontier:
-                    frontier[child] = True
-        labels = frontier
-    return steps
-
-
-def _weighted_sample(rng: random.Random, items: list[int], weights: list[float], k: int) -> list[int]:
-    """``k`` distinct items drawn successively with probability proportional to ``weights``."""
-    if k <= 0:
-        return []
-    if k >= len(items):
-        return list(items)
-    cumulative = list(accumulate(weights))
-    total = cumulative[-1]
-    last = len(items) - 1
-    rand = rng.random
-    picked: list[int] = []
-    while len(picked) < k:     # rejecting repeats == renormalising after each removal
-        item = items[min(bisect_right(cumulative, rand() * total), last)]
-        if item not in picked:
-            picked.append(item)
-    return picked
-
-
-def build_lookahead_graph(rng: random.Random, lookahead: int, max_vertices: int, max_edges: int):
-    """Build a DAG for one attempt at ``lookahead`` (internal ids; start is 0).
-
-    Returns ``(children, parents, goal)`` where ``children[v]``/``parents[v]`` are lists of
-    internal vertex indices.  See the module docstring for the construction.
-    """
-    rand = rng.random
-    if lookahead == 0:
-        num_paths = 1
-    else:
-        max_paths = (max_edges - 1) // lookahead
-        num_paths = 2 + int(rand() * (max_paths - 1))
-    budget = max(lookahead * num_paths, 1) + 1 + int(rand() * (MAX_BUDGET_SLACK + 1))
-    budget = min(budget, max_vertices)
-    children: list[list[int]] = [[] for _ in range(budget)]
-    parents: list[list[int]] = [[] for _ in range(budget)]
-
-    goal = max(lookahead, 1)
-    for v in range(1, goal + 1):                         # goal chain 0 -> 1 -> ... -> goal
-        children[v - 1].append(v)
-        parents[v].append(v - 1)
-    used = goal + 1
-    for branch in range(num_paths - 1):                  # distractor chains out of the start
-        length = lookahead
-        later = (num_paths - 2 - branch) * lookahead
-        if rand() < 0.5 and used + lookahead + 1 + later <= budget:
-            length += 1
-        previous = 0
-        for _ in range(length):
-            children[previous].append(used)
-            parents[used].append(previous)
-            previous = used
-            used += 1
-    num_ancestors = int(rand() * (budget - used + 1))    # ancestor chain into the start
-    previous = 0
-    for _ in range(num_ancestors):
-        children[used].append(previous)
-        parents[previous].append(used)
-        previous = used
-        used += 1
-
-    for new in range(used, budget):                      # extra vertices
-        num_children = int(rand() * (MAX_EXTRA_DEGREE + 1))
-        low = 0 if num_children else 1
-        num_parents = low + int(rand() * (MAX_EXTRA_DEGREE + 1 - low))
-        existing = list(range(new))
-        for child in _weighted_sample(rng, existing,
-                                      [DEGREE_SMOOTHING + len(parents[v]) for v in existing],
-                                      num_children):
-            children[new].append(child)
-            parents[child].append(new)
-        if not num_parents:
-            continue
-        blocked = set(children[new])                     # descendants of the new vertex
-        stack = list(blocked)
-        while stack:
-            for child in children[stack.pop()]:
-                if child not in blocked:
-                    blocked.add(child)
-                    stack.append(child)
-        candidates = [v for v in existing if v not in blocked]
-        for parent in _weighted_sample(rng, candidates,
-                                       [DEGREE_SMOOTHING + len(children[v]) for v in candidates],
-                                       num_parents):
-            children[parent].append(new)
-            parents[new].append(parent)
-    return children, parents, goal
-
-
-def distances_to(goal: int, parents: list[list[int]]) -> tuple[list[int], list[int]]:
-    """Edge distance of every vertex to ``goal`` (-1 if unreachable) and the BFS order."""
-    distance = [-1] * len(parents)
-    distance[goal] = 0
-    order = [goal]
-    for vertex in order:                                 # grows while iterating: a BFS queue
-        d = distance[vertex] + 1
-        for parent in parents[vertex]:
-            if distance[parent] < 0:
-                distance[parent] = d
-                order.append(parent)
-    return distance, order
-
-
-def random_shortest_path(rng: random.Random, children: list[list[int]], distance: list[int],
-                         order: list[int], start: int) -> list[int]:
-    """A shortest ``start -> goal`` path drawn uniformly among all of them."""
-    counts = None                                        # shortest-path counts, built lazily
-    path = [start]
-    vertex = start
-    while distance[vertex] > 0:
-        d = distance[vertex] - 1
-        steps = [c for c in children[vertex] if distance[c] == d]
-        if len(steps) > 1:
-            if counts is None:
-                counts = [0] * len(children)
-                counts[order[0]] = 1
-                for v in order[1:]:
-                    dv = distance[v] - 1
-                    counts[v] = sum(counts[c] for c in children[v] if distance[c] == dv)
-            r = rng.random() * counts[vertex]
-            for step in steps:
-                r -= counts[step]
-                if r < 0:
-                    break
-            vertex = step
-        else:
-            vertex = steps[0]
-        path.append(vertex)
-    return path
-
-
-def shuffle_in_place(rng: random.Random, items: list, count: int | None = None) -> list:
-    """Fisher-Yates shuffle driven by ``rng.random()`` (faster than ``random.shuffle``).
-
-    With ``count``, only the first ``count`` positions are drawn (a uniform random
-    ``count``-subset in random order, as ``random.sample`` would give).
-    """
-    rand = rng.random
-    size = len(items)
-    for i in range(size if count is None else min(count, size)):
-        j = i + int(rand() * (size - i))
-        items[i], items[j] = items[j], items[i]
-    return items
 
 
 class GraphSearchGenerator:
@@ -370,59 +232,114 @@ class GraphSearchGenerator:
         limit = self.max_lookahead_for_stage(stage)
         rng = self._rng(_MODE_STAGE, int(stage), int(index))
         lookahead = int(rng.random() * (limit + 1))
-        return self._generate(rng, lookahead)
+        return self._generate(rng, lookahead, limit)
 
     def example_at_lookahead(self, index: int, lookahead: int) -> GraphExample | None:
-        """Example ``index`` of the fixed-lookahead stream (benchmarks and analysis)."""
+        """Example ``index`` of the fixed-lookahead stream (benchmarks and analysis): the last
+        stage's distribution conditioned on ``lookahead``."""
         if not 0 <= int(lookahead) <= self.lookahead_cap:
             raise ValueError(f"lookahead must be in 0..{self.lookahead_cap} (got {lookahead})")
         rng = self._rng(_MODE_FIXED_LOOKAHEAD, int(lookahead), int(index))
-        return self._generate(rng, int(lookahead))
+        return self._generate(rng, int(lookahead), self.lookahead_cap)
 
-    def _generate(self, rng: random.Random, lookahead: int) -> GraphExample | None:
-        for _ in range(self.max_attempts):
-            found = self._attempt(rng, lookahead)
+    def _generate(self, rng: random.Random, lookahead: int, limit: int) -> GraphExample | None:
+        # The previous example's graph (module docstring) can only hold a later position of
+        # lookahead L if it was built for P >= 2 and L <= P.
+        previous = 1 + int(rng.random() * limit)
+        if previous >= 2 and lookahead <= previous:
+            found = self._continuation(rng, previous, lookahead, limit)
             if found is not None:
                 return self._finish(rng, lookahead, *found)
+        for _ in range(self.max_attempts):
+            graph = self._draw_graph(rng, lookahead)
+            if graph is None:
+                continue
+            positions = list(self._positions(graph))
+            found = self._first_match(graph, positions, 0, lookahead)
+            if found is not None:
+                return self._finish(rng, lookahead, graph, *positions[found])
         return None
 
-    def _attempt(self, rng: random.Random, lookahead: int):
-        """One graph draw; ``(children, goal, path_prefix, answers)`` if it has ``lookahead``."""
-        n = self.max_input_size
-        # L = 0 is built either directly (path = [start]) or for a longer chain, keeping a later
-        # position of lookahead 0 (see module docstring).
-        build_for = lookahead or int(rng.random() * (self.lookahead_cap + 1))
-        children, parents, goal = build_lookahead_graph(
-            rng, build_for, self.num_vertex_ids, self.max_edges)
-        num_edges = sum(map(len, children))
-        room = n - 3 * num_edges - 4                     # tokens left for the path so far
+    def _continuation(self, rng: random.Random, previous: int, lookahead: int, limit: int):
+        """``(graph, path, j)``: the position of lookahead ``lookahead`` that upstream's stream
+        would emit next on a graph built for ``previous``, or ``None`` if it has none."""
+        for _ in range(self.max_attempts):
+            graph = self._draw_graph(rng, previous)
+            if graph is None:
+                continue
+            positions = list(self._positions(graph))
+            found = self._first_match(graph, positions, 0, previous)
+            if found is None:
+                continue                                 # no match: upstream draws a new graph
+            # The stream may already have emitted more examples of this graph: each further
+            # request (drawn like any example's) that the rest of the scan serves moves on.
+            while found is not None:
+                pointer = found + 1
+                found = self._first_match(graph, positions, pointer, int(rng.random() * (limit + 1)))
+            found = self._first_match(graph, positions, pointer, lookahead)
+            return None if found is None else (graph, *positions[found])
+        return None
+
+    @staticmethod
+    def _first_match(graph, positions, begin: int, lookahead: int) -> int | None:
+        """Index of the first of ``positions[begin:]`` whose lookahead is ``lookahead``."""
+        children, goal, distance, memo = graph[0], graph[1], graph[2], graph[5]
+        for k in range(begin, len(positions)):
+            path, j = positions[k]
+            current = path[j - 1]
+            if lookahead > distance[current]:            # lookahead <= remaining distance
+                continue
+            if len(children[current]) == 1:              # a single child needs no search
+                if lookahead == 0:
+                    return k
+                continue
+            if lookahead == 0:
+                continue
+            key = (current, path[j])
+            depth = memo.get(key)
+            if depth is None:
+                depth = memo[key] = lookahead_depth(children, current, {path[j]}, goal)
+            if depth == lookahead:
+                return k
+        return None
+
+    def _draw_graph(self, rng: random.Random, lookahead: int):
+        """One graph draw for ``lookahead``: ``(children, goal, distance, paths, room, memo)``,
+        or ``None`` if it is redrawn (too many edges or shortest paths)."""
+        children, parents, goal = build_lookahead_graph(rng, lookahead, self.num_vertex_ids,
+                                                        self.max_edges)
+        room = self.max_input_size - 3 * sum(map(len, children)) - 4   # tokens for the path
         if room < 1:
             return None
         distance, order = distances_to(goal, parents)
-        total = distance[0]
-        if total < max(lookahead, 1):
+        paths = shortest_paths(children, distance, order, 0)
+        if not paths:
             return None
-        # lookahead <= remaining distance, so only positions with distance >= L can match.
-        positions = list(range(1, min(total - lookahead + 1, total, room) + 1))
-        if not positions:
-            return None
-        path = random_shortest_path(rng, children, distance, order, 0)
-        shuffle_in_place(rng, positions)
-        for j in positions:
-            current = path[j - 1]
-            correct = {c for c in children[current] if distance[c] >= 0}
-            if lookahead_depth(children, current, correct, goal) == lookahead:
-                answers = [path[j]] + sorted(c for c in correct if c != path[j])
-                return children, goal, path[:j], answers
-        return None
+        if len(paths) > 1:
+            shuffle_in_place(rng, paths)
+        return children, goal, distance, paths, room, {}
 
-    def _finish(self, rng: random.Random, lookahead: int, children, goal, path, answers):
-        """Assign vertex ids, shuffle edges and render the prompt."""
+    @staticmethod
+    def _positions(graph):
+        """Positions ``(path, j)`` in scan order: paths in turn, ``j = 1, 2, ...`` along each,
+        while the path so far fits in the input."""
+        room, paths = graph[4], graph[3]
+        for path in paths:
+            for j in range(1, min(len(path), room + 1)):
+                yield path, j
+
+    def _finish(self, rng: random.Random, lookahead: int, graph, path: list[int], j: int):
+        """Answers of position ``(path, j)``, vertex ids, shuffled edges and the prompt."""
+        children, distance = graph[0], graph[2]
+        current, following = path[j - 1], path[j]
+        answers = [following] + sorted(c for c in children[current]
+                                       if distance[c] >= 0 and c != following)
+        goal = graph[1]
         ids = shuffle_in_place(rng, list(range(1, self.num_vertex_ids + 1)), len(children))
         edges = shuffle_in_place(rng, [(ids[u], ids[v]) for u, kids in enumerate(children)
                                        for v in kids])
         start, goal_id = ids[0], ids[goal]
-        path_ids = [ids[v] for v in path]
+        path_ids = [ids[v] for v in path[:j]]
         answer_ids = [ids[answers[0]]] + sorted(ids[v] for v in answers[1:])
         example = GraphExample(prompt="", output_texts=[], lookahead=lookahead, edges=edges,
                                start=start, goal=goal_id, path=path_ids, answers=answer_ids)

@@ -83,13 +83,16 @@ SYLLABLE_TABLE = _syllable_table()
 
 def random_attributes(rng: random.Random, count: int) -> list[str]:
     """``count`` distinct two-syllable nonce words (never a template word)."""
-    rand = rng.random
     table = SYLLABLE_TABLE
-    size = len(table)
-    words = [table[int(rand() * size)] + table[int(rand() * size)] for _ in range(count)]
+    # choices() draws table[floor(random() * size)] in order: the same words as two explicit
+    # draws per word, in a faster loop.
+    drawn = rng.choices(table, k=2 * count)
+    words = [first + second for first, second in zip(drawn[::2], drawn[1::2])]
     unique = set(words)
     if len(unique) == count and unique.isdisjoint(RESERVED_WORDS):
         return words
+    rand = rng.random
+    size = len(table)
     kept: list[str] = []                     # rare: repair duplicates in order
     seen: set[str] = set()
     for word in words:
@@ -114,10 +117,8 @@ def render_search_prompt(rng: random.Random, edges: list[tuple[int, int]], verte
     templates = [(a.replace("{n}", name), b.replace("{n}", name), c) for a, b, c in EDGE_TEMPLATES]
     rand = rng.random
     num_templates = len(templates)
-    facts = []
-    for u, v in edges:
-        first, middle, last = templates[int(rand() * num_templates)]
-        facts.append(first + attributes[u] + middle + attributes[v] + last)
+    facts = [f"{t[0]}{attributes[u]}{t[1]}{attributes[v]}{t[2]}"     # one template per edge
+             for u, v in edges for t in (templates[int(rand() * num_templates)],)]
     subject = f" {name} is "
     pieces = [" ".join(facts),
               f" Given that {name} is {attributes[start]}, and we want to prove {name} is "

@@ -6,6 +6,7 @@ not share anything with the generator.
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections import Counter, defaultdict, deque
 
@@ -52,9 +53,10 @@ def expected_answers(example):
 
 def independent_lookahead(edges, current, correct, goal):
     """Level-by-level: level t holds the vertices first reached at distance t + 1 from
-    ``current``; a vertex is marked correct iff a marked vertex of the previous level has an
-    edge to it (level 0: the correct children).  The lookahead is the first t whose level is
-    all marked, or t + 1 if level t contains the goal, whichever comes first."""
+    ``current``; a vertex is marked iff a marked vertex of the previous level has an edge to it
+    (level 0: the children in ``correct``; for an example that is the next vertex only).  The
+    lookahead is the first t whose level is all marked, or t + 1 if level t contains the goal,
+    whichever comes first."""
     adj = adjacency(edges)
     level = {c: c in correct for c in adj.get(current, ())}
     seen = set(level)
@@ -99,9 +101,10 @@ def check_example(example, generator):
     first = example.answers[0]
     assert bfs_distances(adj, first).get(example.goal) == to_goal[example.goal] - 1
     assert len(example.output_texts) == len(example.answers)
-    # lookahead
+    # lookahead: measured against the next vertex (answers[0]); other correct children are
+    # branches the search must rule out, as in the authors' generator
     assert example.lookahead == independent_lookahead(
-        example.edges, example.path[-1], set(example.answers), example.goal)
+        example.edges, example.path[-1], {first}, example.goal)
 
 
 # Hand-worked graphs: (edges, current, correct children, goal, lookahead).  "s" is the current
@@ -280,12 +283,90 @@ def test_bad_arguments_raise(kwargs):
         GraphSearchGenerator(**kwargs)
 
 
-def test_lookahead_zero_examples_include_partial_proofs():
+def test_lookahead_zero_examples_are_mostly_partial_proofs():
+    # Most lookahead-0 examples continue the previous example's graph a step further along
+    # (usually path = [start, v1]); the others are graphs built for lookahead 0, path [start].
     generator = quiet_generator(96, 8, seed=11, natural_language=False)
     zero = [e for e in (generator.example_at_lookahead(i, 0) for i in range(300)) if e is not None]
-    assert zero
+    assert len(zero) == 300
     for example in zero:
         assert example.lookahead == 0
         check_example(example, generator)
-    longer = [e for e in zero if len(e.path) > 1]
-    assert len(longer) >= len(zero) // 4, Counter(len(e.path) for e in zero)
+    lengths = Counter(len(e.path) for e in zero)
+    assert sum(count for length, count in lengths.items() if length > 1) >= 0.6 * len(zero)
+    assert lengths[2] == max(lengths.values()), lengths
+
+
+def test_paths_fit_the_stage_not_the_cap():
+    # At stage s every graph is built for a lookahead <= s, so the start is at most s edges from
+    # the goal and the path so far has at most s vertices (stage 1: always [start]).
+    generator = quiet_generator(384, 62, seed=2, natural_language=False)
+    for stage in (1, 2, 3):
+        examples = [generator.example(i, stage) for i in range(400)]
+        assert all(e is not None for e in examples)
+        assert max(len(e.path) for e in examples) == stage
+        for example in examples[:50]:
+            check_example(example, generator)
+
+
+def test_small_lookaheads_have_multiple_answers():
+    # Several correct children do not make an example lookahead 0: the search still has to
+    # rule out the other branches (the authors' definition), so they occur at lookahead >= 1.
+    generator = quiet_generator(98, 8, seed=4, natural_language=False)
+    multi = Counter()
+    for index in range(3000):
+        example = generator.example(index, 8)
+        if len(example.answers) > 1:
+            multi[example.lookahead] += 1
+            check_example(example, generator)
+    assert all(multi[lookahead] >= 3 for lookahead in range(1, 5)), multi
+
+
+def test_attachment_draws_follow_their_weights():
+    # weight of vertex v: 0.5 + (times v is in tokens); blocked vertices are never drawn
+    from itertools import permutations
+
+    from megaproc.synthetic.graph_construction import _draw_distinct
+
+    tokens, blocked, new = [0, 0, 1, 3, 3, 3], {2}, 6
+    weight = {v: 0.5 + tokens.count(v) for v in range(new) if v not in blocked}
+    total = sum(weight.values())
+    # probability that v is among k = 2 successive draws without replacement, enumerated
+    pair = Counter()
+    for a, b in permutations(weight, 2):
+        probability = weight[a] / total * weight[b] / (total - weight[a])
+        pair[a] += probability
+        pair[b] += probability
+    rng = random.Random(0)
+    trials = 20000
+    singles, pairs = Counter(), Counter()
+    for _ in range(trials):
+        singles.update(_draw_distinct(rng, new, tokens, 1, blocked))
+        drawn = _draw_distinct(rng, new, tokens, 2, blocked)
+        assert len(set(drawn)) == 2 and not set(drawn) & blocked
+        pairs.update(drawn)
+    for v, w in weight.items():
+        for observed, expected in ((singles[v] / trials, w / total), (pairs[v] / trials, pair[v])):
+            assert abs(observed - expected) < 5 * (expected * (1 - min(expected, 0.99)) / trials) ** 0.5 + 1e-3
+    assert sorted(_draw_distinct(rng, new, tokens, 5, blocked)) == sorted(weight)   # k >= allowed
+
+
+def test_shortest_paths_are_all_the_shortest_paths():
+    from megaproc.synthetic.graph_construction import (build_lookahead_graph, distances_to,
+                                                       shortest_paths)
+
+    rng = random.Random(3)
+    for trial in range(300):
+        children, parents, goal = build_lookahead_graph(rng, trial % 6, 20, 20)
+        distance, order = distances_to(goal, parents)
+        found = shortest_paths(children, distance, order, 0, limit=10 ** 6)
+        every, stack = [], [[0]]                      # brute force: every start -> goal path
+        while stack:
+            path = stack.pop()
+            if path[-1] == goal:
+                every.append(path)
+                continue
+            stack.extend(path + [c] for c in children[path[-1]])
+        shortest = min(map(len, every))
+        assert sorted(found) == sorted(p for p in every if len(p) == shortest)
+        assert all(len(p) - 1 == distance[0] for p in found)

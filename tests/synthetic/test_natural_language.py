@@ -97,15 +97,15 @@ def test_every_valid_answer_is_an_output_text():
     assert found_multi
 
 
-class ScriptedRandom:
+class ScriptedRandom(random.Random):
     """``random()`` returns the scripted values first, then those of a real generator."""
 
     def __init__(self, scripted, seed=0):
+        super().__init__(seed)
         self.scripted = list(scripted)
-        self.fallback = random.Random(seed)
 
     def random(self):
-        return self.scripted.pop(0) if self.scripted else self.fallback.random()
+        return self.scripted.pop(0) if self.scripted else super().random()
 
 
 def test_random_attributes_are_distinct_two_syllable_words():
