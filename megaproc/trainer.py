@@ -92,7 +92,7 @@ class Trainer:
         self.meter = LossMeter(len(self.source.names), self.device)
         self.flops_per_token, self.peak_flops = self._flops_setup()
         self.hooks = Hooks(build_hooks(cfg, self.run_dir, self.tokenizer, self.source, valid,
-                                       self.hf_config.vocab_size, self.device, self.rank,
+                                       self.hf_config, self.device, self.rank,
                                        self.world_size, self.pad_id) + list(extra_hooks or []))
         log.info(f"hooks: {self.hooks.describe()}")
         if resume_from is not None:

@@ -17,7 +17,7 @@ log = get_logger(__name__)
 __all__ = ["Hook", "Hooks", "build_hooks"]
 
 
-def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, vocab_size: int, device,
+def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, hf_config, device,
                 rank: int, world_size: int, pad_id: int) -> list[Hook]:
     """The hooks a run's config asks for (curriculum or task eval, benchmarks, validation,
     logging, checkpointing, preemption)."""
@@ -44,16 +44,20 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, vocab_size
         hooks.append(CurriculumHook(
             cfg.task.max_lookahead, c.curr_window, c.curr_check_every, c.curr_threshold,
             c.start_stage, source=source, heldout=heldout,
-            continues_word=word_continuation_table(tokenizer, vocab_size).to(device)))
+            continues_word=word_continuation_table(tokenizer, hf_config.vocab_size).to(device)))
     elif cfg.task.eval_every:
         from megaproc.hooks.task_eval import TaskEvalHook
 
         hooks.append(TaskEvalHook(heldout, cfg.task.eval_every))
     if cfg.eval.hellaswag_every or cfg.eval.ewok_every:
+        from types import SimpleNamespace
+
+        from megaproc.eval.loglik import context_length
         from megaproc.hooks.benchmark_eval import BenchmarkEvalHook
 
-        hooks.append(BenchmarkEvalHook(cfg.eval, run_dir, tokenizer, cfg.train.seq_len, rank,
-                                       world_size))
+        # Benchmarks are scored at the model's own context, not the training sequence length.
+        context = context_length(SimpleNamespace(config=hf_config))
+        hooks.append(BenchmarkEvalHook(cfg.eval, run_dir, tokenizer, context, rank, world_size))
     if valid_dataset is not None:
         from megaproc.hooks.validation import ValidationHook
 
