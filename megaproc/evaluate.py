@@ -291,7 +291,6 @@ def run(args) -> dict:
     if args.items_out and Path(args.items_out).is_dir():
         raise EvaluateError(f"--items-out {args.items_out} is a directory")
     inputs = _read_inputs(args)
-    torch.set_grad_enabled(False)
     model, tokenizer, where = load_model_and_tokenizer(args)
     from megaproc.eval.loglik import LoglikScorer, context_length, hf_logits_fn
 
@@ -348,7 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from megaproc.errors import user_error_types
 
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # library chatter must not mix with the JSON
+        # Library chatter must not mix with the JSON; no_grad (not a global switch) so that
+        # calling main() in a process leaves autograd as it was.
+        with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
             result = run(args)
     except (EvaluateError, CheckpointError, ValueError, OSError, *user_error_types()) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -38,6 +38,7 @@ def test_all_benchmarks_in_one_object_with_items(tmp_path, model_dir, capsys, mo
                              "--ewok", str(ewok), "--dm-math", str(tmp_path / "dm"),
                              "--items-out", str(items), "--max-examples", "4")
     assert code == 0, err
+    assert torch.is_grad_enabled()  # main() leaves the caller's autograd state alone
     assert set(result["hellaswag"]) == {"acc", "acc_norm", "num_examples"}
     assert result["hellaswag"]["num_examples"] == 4
     assert result["ewok"]["num_items"] == 4
