@@ -11,8 +11,9 @@ What is saved (``step_XXXXXXXX/``, see :mod:`megaproc.checkpoint.layout`):
 * the model config and tokenizer (so export and evaluation need nothing else).
 
 Resume rules (:meth:`Checkpointer.check_resume`): a change of micro batch, gradient
-accumulation, sequence length, world size (unless ``checkpoint.allow_world_size_change``) or
-data is refused with a message naming what changed, before anything is written; any other
+accumulation, sequence length, world size or data is refused with a message naming what
+changed, before anything is written (``checkpoint.allow_world_size_change`` admits another world
+size, and the gradient accumulation that keeps the global batch; :mod:`.reshard`); any other
 change (``train.max_steps``, ``optim.lr``, the schedule, ...) is a changed *plan*: it is applied
 from the resume step and reported.
 """
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.checkpoint import layout
+from megaproc.checkpoint import layout, reshard
 from megaproc.checkpoint.layout import ResumeError
 from megaproc.console_log import get_logger
 
@@ -126,10 +127,14 @@ class Checkpointer:
         """
         state = layout.read_trainer_state(path)
         saved = state.get("geometry", {})
-        critical = [k for k in RESUME_CRITICAL
-                    if not (k == "world_size" and self.allow_world_size_change)]
+        critical, extra = list(RESUME_CRITICAL), []
+        if self.allow_world_size_change:
+            # Another world size: grad_accum may change with it if the global batch stays;
+            # graph-search task runs are refused (the rules live in checkpoint/reshard.py).
+            critical, extra = reshard.relaxed_geometry(path, saved, geometry, settings,
+                                                       RESUME_CRITICAL)
         changed = [f"{k}: {saved.get(k)} -> {geometry.get(k)}" for k in critical
-                   if saved.get(k) != geometry.get(k)]
+                   if saved.get(k) != geometry.get(k)] + extra
         if changed:
             hint = (" (checkpoint.allow_world_size_change=true re-shards onto another world size)"
                     if any(c.startswith("world_size") for c in changed) else "")
@@ -183,13 +188,22 @@ class Checkpointer:
         if int(state.get("version", 1)) > STATE_VERSION:
             raise ResumeError(f"checkpoint {path} was written by a newer megaproc "
                               f"(state version {state['version']} > {STATE_VERSION})")
-        load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG)
-        if load_path is None:
-            raise ResumeError(f"DeepSpeed could not load the engine state in {path}")
+        change = reshard.world_size_change(path, dist_utils.world_size(),
+                                           self.allow_world_size_change)
+        if change is not None:
+            # Written by another number of ranks: re-shard the ZeRO partitions through a
+            # universal checkpoint (checkpoint/reshard.py); the trainer set load_universal.
+            how = reshard.load_resharded(engine, Path(path), self.root, DS_TAG)
+            log.info(reshard.describe(*change, engine.zero_optimization_stage(), how))
+            log.info(reshard.rng_plan(Path(path), change[1]))
+        else:
+            load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG)
+            if load_path is None:
+                raise ResumeError(f"DeepSpeed could not load the engine state in {path}")
         rng_file = Path(path) / "rng" / f"rank_{dist_utils.rank():05d}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
-        elif not self.allow_world_size_change:
+        elif change is None:  # a rank that did not exist keeps its seeded RNG (rng_plan above)
             raise ResumeError(f"checkpoint {path} has no RNG state for rank {dist_utils.rank()}")
         self.last_saved_step = int(state["step"])
         return state
