@@ -18,12 +18,10 @@ def user_error_types() -> tuple:
     from megaproc.tokenizer import TokenizerError
 
     types = [ConfigError, ResumeError, TokenizerError, FileNotFoundError]
-    try:
-        from megaproc.data.indexed import IndexedDatasetError
+    from megaproc.data.indexed import IndexedDatasetError
+    from megaproc.synthetic.boolean import BooleanDataError
 
-        types.append(IndexedDatasetError)
-    except ImportError:  # pragma: no cover
-        pass
+    types += [IndexedDatasetError, BooleanDataError]
     return tuple(types)
 
 

@@ -94,3 +94,21 @@ def build_run_tokenizer(data_cfg, log=None):
     tokenizer_dir, _ = ensure_default_corpus(data_cfg.default_vocab_size,
                                              log=log or (lambda *a, **k: None))
     return load_tokenizer(tokenizer_dir)
+
+
+def symbol_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """A tokenizer over single symbols for from-scratch sequence classifiers: symbol ``i`` of
+    ``alphabet`` has id ``i``, ``<bos>`` (also pad and eos) id ``len(alphabet)``, and encoding
+    ``"0110"`` gives ``[bos, 0, 1, 1, 0]`` — the ids :class:`~megaproc.models.classification.SymbolEncoder`
+    feeds the model, saved with checkpoints and exports."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    bos = len(alphabet)
+    vocab["<bos>"] = bos
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<bos>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                           special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                   eos_token="<bos>", pad_token="<bos>", unk_token="<bos>")

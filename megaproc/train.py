@@ -30,6 +30,9 @@ def run(argv=None) -> int:
 
     setup_console_log()
     cfg = load_config(args.config, args.overrides)
+    from megaproc.classify import check_run_config
+
+    check_run_config(cfg)  # classification names/lengths (needs the task registry, not config.py)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0

@@ -8,6 +8,7 @@ the loop is forward -> loss -> backward -> step -> hook events.  Hooks end train
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -28,7 +29,7 @@ from megaproc.flops import mfu, model_flops_per_token, peak_flops
 from megaproc.hooks import Hook, Hooks, build_hooks
 from megaproc.loss import classification_loss, token_cross_entropy, training_loss, training_mask
 from megaproc.metrics import LossMeter
-from megaproc.tokenizer import build_run_tokenizer, pad_id
+from megaproc.tokenizer import build_run_tokenizer, load_tokenizer, pad_id, symbol_tokenizer
 
 log = get_logger(__name__)
 
@@ -38,6 +39,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resolve_classify_plan(cfg: Config, world_size: int) -> None:
+    """Classification runs: ``classify.n_epochs`` epochs of ``train_set_size`` examples set
+    ``train.max_steps``, and the LR anneals by cosine from ``optim.lr`` to ``classify.eta_min``
+    (``torch.optim.lr_scheduler.CosineAnnealingLR`` over the run's steps, no warmup)."""
+    c, t = cfg.classify, cfg.train
+    if c.target_func is None:
+        return
+    global_batch = t.micro_batch * t.grad_accum * world_size
+    t.max_steps = max(1, math.ceil(c.n_epochs * c.train_set_size / global_batch))
+    cfg.schedule.kind, cfg.schedule.warmup_steps = "cosine", 0
+    cfg.schedule.min_lr_ratio = min(1.0, c.eta_min / cfg.optim.lr)
 
 
 def resolve_grad_accum(cfg: Config, world_size: int) -> None:
@@ -66,11 +80,12 @@ class Trainer:
         self.source = None
         self.hooks = Hooks()
         resolve_grad_accum(cfg, self.world_size)
+        resolve_classify_plan(cfg, self.world_size)
         self.config_dict = to_dict(cfg)
         self.checkpointer = Checkpointer.from_config(self.run_dir, cfg.checkpoint)
 
         resume_from = self.checkpointer.find_resume()
-        self.tokenizer = build_run_tokenizer(cfg.data, log=log.info)
+        self.tokenizer = self._build_tokenizer()
         self.pad_id = pad_id(self.tokenizer)
         self.data_fingerprint = data_fingerprint(cfg, self.tokenizer)
         self.plan_changes: list[str] = []
@@ -99,6 +114,19 @@ class Trainer:
             self.load_checkpoint(resume_from)
 
     # ----------------------------------------------------------------- set-up
+    def _build_tokenizer(self):
+        """The run's tokenizer; from-scratch classifiers get their symbol tokenizer, finetune
+        wrappers the tokenizer of ``model.pretrained_path`` unless ``data.tokenizer`` is set."""
+        cfg = self.cfg
+        if cfg.classify.target_func is None or cfg.data.tokenizer:
+            return build_run_tokenizer(cfg.data, log=log.info)
+        from megaproc.models.classification import FINETUNE_WRAPPERS
+        from megaproc.synthetic.boolean import get_function
+
+        if cfg.model.name in FINETUNE_WRAPPERS:
+            return load_tokenizer(cfg.model.pretrained_path)
+        return symbol_tokenizer(get_function(cfg.classify.target_func).alphabet)
+
     def _build_model(self):
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
         if self.cfg.classify.target_func is not None:

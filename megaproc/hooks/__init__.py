@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megaproc.config import to_dict
 from megaproc.console_log import get_logger
 from megaproc.hooks.base import Hook, Hooks
 
@@ -49,6 +50,13 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, hf_config,
         from megaproc.hooks.task_eval import TaskEvalHook
 
         hooks.append(TaskEvalHook(heldout, cfg.task.eval_every))
+    if cfg.classify.target_func is not None:
+        from megaproc.hooks.classify_eval import ClassifyEvalHook
+
+        steps_per_epoch = source.steps_for_epochs(1)
+        hooks.append(ClassifyEvalHook(run_dir, source, steps_per_epoch,
+                                      cfg.classify.eval_every_epochs, cfg.train.micro_batch,
+                                      to_dict(cfg)))
     if cfg.eval.hellaswag_every or cfg.eval.ewok_every:
         from types import SimpleNamespace
 
