@@ -82,13 +82,17 @@ def pad_id(tokenizer) -> int:
 
 def build_run_tokenizer(data_cfg, log=None):
     """The run's tokenizer: ``data.tokenizer``, or the built-in default corpus's tokenizer (a run
-    that names its own training prefixes must name their tokenizer)."""
+    that names its own indexed training prefixes must name their tokenizer)."""
     if data_cfg.tokenizer:
         return load_tokenizer(data_cfg.tokenizer)
-    if data_cfg.train:
+    entries = [e if isinstance(e, str) else e.get("prefix", "") for e in data_cfg.train]
+    if any(not str(p).endswith((".jsonl", ".jsonl.gz")) for p in entries):
+        # Token ids of an indexed prefix mean something only with the tokenizer that wrote
+        # them; text (.jsonl) sources are tokenized on the fly by any tokenizer.
         from megaproc.errors import ConfigError
 
-        raise ConfigError("config key 'data.tokenizer' must be set when data.train names prefixes")
+        raise ConfigError("config key 'data.tokenizer' must be set when data.train names "
+                          "indexed prefixes")
     from megaproc.data.default_corpus import ensure_default_corpus
 
     tokenizer_dir, _ = ensure_default_corpus(data_cfg.default_vocab_size,

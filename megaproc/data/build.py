@@ -94,6 +94,27 @@ def build_mixin(path: str, tokenizer, seq_len: int, seed: int, cache_dir, sample
                             "indexed prefix with .bin/.idx)")
 
 
+def open_source(path: str, key: str, tokenizer, seq_len: int, seed: int):
+    """A blend source: an indexed prefix (``IndexedDataset``) or a prompt/answer ``.jsonl``
+    (``JsonlTaskDataset``, e.g. DeepMind Mathematics converted by ``data_tools.deepmind_math``,
+    trained with ``train.loss: answer_only``)."""
+    if path.endswith(".jsonl") or path.endswith(".jsonl.gz"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{key}: prompt/answer file not found: {path}")
+        return JsonlTaskDataset(path, tokenizer, seq_len, seed=seed, name=os.path.basename(path))
+    return open_indexed(path, key)
+
+
+def sized_source(source, seq_len: int, num_samples: int, seed: int, document_range, cache_dir,
+                 name: str):
+    """``num_samples`` samples of an opened source (GPT samples of a document range of an
+    indexed prefix, or passes over a ``.jsonl``'s examples)."""
+    if isinstance(source, JsonlTaskDataset):
+        return source.resized(num_samples)
+    return GPTDataset(source, seq_len, num_samples, seed, document_range=document_range,
+                      cache_dir=cache_dir, name=name)
+
+
 def _check_no_wrap(blend: BlendedDataset) -> None:
     """Raise if a source of ``blend`` is shorter than the samples the blend takes from it
     (it would wrap around and repeat its first samples; a sizing bug, never expected)."""
@@ -108,7 +129,8 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
                       valid_samples: int):
     """Build ``(train_dataset, valid_dataset_or_None, source_names)`` from ``data_cfg``.
 
-    ``data_cfg`` fields: ``train`` and ``valid`` (lists of prefixes or ``{prefix, weight}``),
+    ``data_cfg`` fields: ``train`` and ``valid`` (lists of prefixes or ``{prefix, weight}``; a
+    prefix ending in ``.jsonl`` is a prompt/answer file, see :func:`open_source`),
     ``valid_fraction`` (documents held out of each train prefix when ``valid`` is empty),
     ``blend_by`` (``"samples"``/``"tokens"``), ``mixin`` and ``mixin_percent``, ``cache_dir``.
     The train blend has exactly ``train_samples`` samples; the valid blend (no mixin)
@@ -130,31 +152,40 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
         raise ValueError("data.mixin must be set when data.mixin_percent > 0")
     use_mixin = bool(mixin) and mixin_percent > 0
 
-    train_indexed = [open_indexed(p, f"data.train[{i}]") for i, (p, _) in enumerate(train_sources)]
-    valid_indexed = [open_indexed(p, f"data.valid[{i}]") for i, (p, _) in enumerate(valid_sources)]
+    train_opened = [open_source(p, f"data.train[{i}]", tokenizer, seq_len, seed)
+                    for i, (p, _) in enumerate(train_sources)]
+    valid_opened = [open_source(p, f"data.valid[{i}]", tokenizer, seq_len, seed)
+                    for i, (p, _) in enumerate(valid_sources)]
     names = source_names([p for p, _ in train_sources])
     real = normalize_weights([w for _, w in train_sources]) * (1.0 - mixin_percent)
     weights = list(real) + ([mixin_percent] if use_mixin else [])
 
-    train_ranges, valid_ranges = [None] * len(train_indexed), []
+    train_ranges, valid_ranges = [None] * len(train_opened), []
     valid_fraction = float(_field(data_cfg, "valid_fraction", 0.0) or 0.0)
     if not valid_sources and valid_fraction > 0:
-        splits = []
-        for ix in train_indexed:
+        # Held-out document ranges of the indexed sources; a .jsonl source holds none out
+        # (give data.valid for it).
+        for j, ix in enumerate(train_opened):
+            if isinstance(ix, JsonlTaskDataset):
+                valid_ranges.append(None)
+                continue
             try:
-                splits.append(split_documents(ix.num_documents, valid_fraction))
+                train_ranges[j], held_out = split_documents(ix.num_documents, valid_fraction)
             except ValueError as exc:
                 raise ValueError(f"data.valid_fraction: {ix.path_prefix}: {exc}") from None
-        train_ranges = [s[0] for s in splits]
-        valid_ranges = [s[1] for s in splits]
+            valid_ranges.append(held_out)
 
     sample_length = seq_len + 1  # GPTDataset samples carry the extra label token
+
+    def tokens_per_sample(source) -> float:
+        return source.mean_tokens_per_sample() if isinstance(source, JsonlTaskDataset) \
+            else float(sample_length)
 
     def sample_shares(mixin_tokens: float | None = None):
         """Each source's fraction of the samples (differs from ``weights`` by tokens)."""
         if blend_by != "tokens":
             return sample_weights(weights)
-        tokens = [float(sample_length)] * len(train_indexed)
+        tokens = [tokens_per_sample(src) for src in train_opened]
         return sample_weights(weights, tokens + ([mixin_tokens] if use_mixin else []))
 
     mixin_ds = None
@@ -163,11 +194,9 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
                                lambda t: samples_needed(sample_shares(t)[-1], train_samples))
         names.append(MIXIN_NAME)
     shares = sample_shares(mixin_ds.mean_tokens_per_sample() if mixin_ds is not None else None)
-    sources = [
-        GPTDataset(ix, seq_len, samples_needed(shares[j], train_samples), seed,
-                   document_range=train_ranges[j], cache_dir=cache_dir, name="train")
-        for j, ix in enumerate(train_indexed)
-    ]
+    sources = [sized_source(ix, seq_len, samples_needed(shares[j], train_samples), seed,
+                            train_ranges[j], cache_dir, "train")
+               for j, ix in enumerate(train_opened)]
     if mixin_ds is not None:
         sources.append(mixin_ds)
     train = BlendedDataset(sources, weights, train_samples, by=blend_by, seed=seed,
@@ -175,18 +204,19 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
     _check_no_wrap(train)
 
     valid = None
-    if valid_samples > 0 and (valid_sources or valid_ranges):
-        if valid_sources:
-            v_indexed, v_ranges = valid_indexed, [None] * len(valid_indexed)
-            v_weights = normalize_weights([w for _, w in valid_sources])
-            v_names = source_names([p for p, _ in valid_sources])
-        else:
-            v_indexed, v_ranges = train_indexed, valid_ranges
-            v_weights = normalize_weights([w for _, w in train_sources])
-            v_names = names[:len(train_indexed)]
-        v_sets = [GPTDataset(ix, seq_len, samples_needed(v_weights[j], valid_samples), seed,
-                             document_range=v_ranges[j], cache_dir=cache_dir, name="valid")
-                  for j, ix in enumerate(v_indexed)]
+    if valid_sources:
+        v_opened, v_ranges = valid_opened, [None] * len(valid_opened)
+        v_weights = normalize_weights([w for _, w in valid_sources])
+        v_names = source_names([p for p, _ in valid_sources])
+    else:
+        kept = [j for j, r in enumerate(valid_ranges) if r is not None]
+        v_opened, v_ranges = [train_opened[j] for j in kept], [valid_ranges[j] for j in kept]
+        v_weights = normalize_weights([train_sources[j][1] for j in kept]) if kept else []
+        v_names = [names[j] for j in kept]
+    if valid_samples > 0 and v_opened:
+        v_sets = [sized_source(ix, seq_len, samples_needed(v_weights[j], valid_samples), seed,
+                               v_ranges[j], cache_dir, "valid")
+                  for j, ix in enumerate(v_opened)]
         valid = BlendedDataset(v_sets, list(v_weights), valid_samples, by=blend_by, seed=seed,
                                cache_dir=cache_dir, names=v_names)
         _check_no_wrap(valid)

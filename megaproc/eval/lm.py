@@ -22,9 +22,12 @@ class LMMetrics:
     def __init__(self, device: torch.device | str = "cpu"):
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Account one batch of logits [B, T, V] against labels [B, T]."""
-        self.sums += masked_sums(logits, labels.to(logits.device)).to(self.sums.device)
+    def add(self, logits: torch.Tensor, labels: torch.Tensor,
+            mask: torch.Tensor | None = None) -> None:
+        """Account one batch of logits [B, T, V] against labels [B, T] (only ``mask`` positions,
+        default every label token)."""
+        mask = None if mask is None else mask.to(logits.device)
+        self.sums += masked_sums(logits, labels.to(logits.device), mask).to(self.sums.device)
 
     def result(self, reduce: bool = True, prefix: str = "val") -> dict:
         """``{prefix}_loss``, ``{prefix}_ppl``, ``{prefix}_token_acc`` and ``num_tokens``;
@@ -42,8 +45,10 @@ class LMMetrics:
 
 
 @torch.no_grad()
-def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True) -> dict:
-    """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``.
+def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True,
+               answer_only: bool = False) -> dict:
+    """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``
+    (over the answer tokens only with ``answer_only``, as ``train.loss: answer_only`` trains).
 
     With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
     are collective).
@@ -51,5 +56,6 @@ def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: b
     metrics = LMMetrics(device)
     for batch in batches:
         logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        metrics.add(logits, batch["labels"].to(device))
+        metrics.add(logits, batch["labels"].to(device),
+                    batch["answer_mask"] if answer_only else None)
     return metrics.result(reduce=reduce)

@@ -70,7 +70,8 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, hf_config,
         from megaproc.hooks.validation import ValidationHook
 
         hooks.append(ValidationHook(cfg.eval, run_dir, valid_dataset, cfg.train.micro_batch,
-                                    cfg.train.seq_len, pad_id, rank, world_size))
+                                    cfg.train.seq_len, pad_id, rank, world_size,
+                                    answer_only=cfg.train.loss == "answer_only"))
     hooks += [LoggingHook(cfg.log, run_dir, cfg.train.max_steps), CheckpointHook(cfg.checkpoint),
               PreemptionHook()]
     return hooks

@@ -3,7 +3,8 @@
 Rank ``r`` evaluates its slice of each global validation batch (the same slicing as training,
 :func:`~megaproc.data.batch.rank_sample_indices`), so every rank runs the same number of
 forwards (collective under ZeRO-3); the sums are all-reduced by :mod:`megaproc.eval.lm`.
-Records go to ``logs/eval.jsonl`` as ``step, val_loss, val_ppl, val_token_acc, num_tokens``.
+Records go to ``logs/eval.jsonl`` as ``step, val_loss, val_ppl, val_token_acc, num_tokens``
+(over the answer tokens with ``train.loss: answer_only``, the tokens that train).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ class ValidationHook(Hook):
     priority = 50
 
     def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
-                 pad_id: int, rank: int, world_size: int):
+                 pad_id: int, rank: int, world_size: int, answer_only: bool = False):
         self.cfg = eval_cfg
+        self.answer_only = answer_only
         self.log = EvalLog(run_dir)
         self.dataset = dataset
         self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
@@ -48,7 +50,7 @@ class ValidationHook(Hook):
         engine.eval()
         try:
             metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
-                                 self.batches(), trainer.device)
+                                 self.batches(), trainer.device, answer_only=self.answer_only)
         finally:
             engine.train()
         return self.log.write(trainer, metrics)
