@@ -107,10 +107,10 @@ def relaxed_geometry(path: Path, saved: dict, current: dict, settings: dict,
     if old is None or old == new:
         return [k for k in critical if k != "world_size"], []
     if settings.get("task.kind") == "graph_search":
-        raise ResumeError(f"cannot resume {path} on {new} ranks: it was written by {old}, and the "
+        raise ResumeError(f"cannot resume {path} (world_size {old}) on world_size {new}: the "
                           "live graph-search stream (task.kind: graph_search) deals examples to "
-                          "per-rank lanes, so its position depends on the world size; resume on "
-                          f"{old} ranks")
+                          "per-rank lanes, so its position depends on the world size; resume "
+                          f"with world_size {old}")
     keep = [k for k in critical if k not in RESHARDABLE]
     old_batch, new_batch = global_batch(saved), global_batch(current)
     extra = []
@@ -126,7 +126,8 @@ def relaxed_geometry(path: Path, saved: dict, current: dict, settings: dict,
 
 def world_size_change(ckpt_dir: str | Path | None, world_size: int,
                       allow: bool) -> tuple[int, int] | None:
-    """``(saved, current)`` world sizes when resuming ``ckpt_dir`` re-shards, else None."""
+    """``(saved, current)`` world sizes when the resume of ``ckpt_dir`` changes the world size
+    (and ``checkpoint.allow_world_size_change`` allows it), else None."""
     if ckpt_dir is None or not allow:
         return None
     saved = saved_world_size(ckpt_dir)
@@ -141,9 +142,13 @@ def configure_ds_config(ds_config: dict, resume_from: Path | None, world_size: i
 
     DeepSpeed reads the flag from its config (``DeepSpeedConfig.load_universal_checkpoint``);
     0.19.8 consults it only while loading, but it must be there when the engine is built.
-    Returns True when it was set.
+    Without ZeRO (stage 0) nothing is partitioned: every rank loads the whole saved state with
+    DeepSpeed's usual loader, and the flag would make it skip the weights.  Returns True when
+    it was set.
     """
     if world_size_change(resume_from, world_size, ckpt_cfg.allow_world_size_change) is None:
+        return False
+    if int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 0:
         return False
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return True
@@ -175,15 +180,21 @@ def convert_to_universal(ds_dir: Path, out_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_resharded(engine, ckpt_dir: Path, scratch_root: Path, ds_tag: str) -> str:
+def load_resharded(engine, ckpt_dir: Path, scratch_root: Path, ds_tag: str) -> str | None:
     """Load ``ckpt_dir`` (written by another number of ranks) into ``engine`` (collective).
 
     Rank 0 converts the ``ds_tag`` directory into ``scratch_root/.tmp_universal_step_X``, every
     rank loads its new partitions from it, the ZeRO-3 param-group fix-up is applied, and the
-    scratch copy is deleted.  Returns how the state was re-sharded (for the log line).
+    scratch copy is deleted.  Returns how the state was re-sharded (for the log line), None
+    without ZeRO (nothing is partitioned: DeepSpeed's usual loader reads the whole state).
     """
     import deepspeed
 
+    if not engine.zero_optimization():  # ZeRO-0: the saved state is whole, any world size loads it
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=ds_tag)
+        if load_path is None:
+            raise ResumeError(f"DeepSpeed could not load the engine state in {ckpt_dir}")
+        return None
     if not engine.load_universal_checkpoint():
         raise ResumeError("re-sharding needs checkpoint.load_universal in the DeepSpeed config "
                           "(megaproc.checkpoint.reshard.configure_ds_config)")
@@ -269,11 +280,11 @@ def _ranks(ranks: list[int]) -> str:
     return ", ".join(str(r) for r in ranks)
 
 
-def describe(saved_ws: int, world_size: int, zero_stage: int, how: str) -> str:
-    """The one-line log message of a re-sharding resume."""
+def describe(saved_ws: int, world_size: int, zero_stage: int, how: str | None) -> str:
+    """The one-line log message of a resume on another world size."""
     ranks = "rank" if world_size == 1 else "ranks"
-    return (f"resuming a {saved_ws}-rank checkpoint on {world_size} {ranks} "
-            f"(ZeRO-{zero_stage}, re-sharded via {how})")
+    detail = f"re-sharded via {how}" if how else "whole states, nothing to re-shard"
+    return f"resuming a {saved_ws}-rank checkpoint on {world_size} {ranks} (ZeRO-{zero_stage}, {detail})"
 
 
 # ----------------------------------------------------------------------------- consolidation

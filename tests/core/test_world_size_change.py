@@ -12,7 +12,9 @@ at step ``N``; then each checkpoint resumes on the *other* world size.  Shown:
   against DeepSpeed's own ``get_fp32_state_dict_from_zero_checkpoint``);
 - the next global batches hold the same sample indices and tokens as the uninterrupted run's;
 - the loss continues: per-step losses equal the uninterrupted runs' within ``LOSS_RTOL``;
-- without the flag, or with a global batch that changes, the resume is refused in one line.
+- ZeRO-0 (whole states) resumes 2 -> 1 through DeepSpeed's usual loader;
+- without the flag, or with a global batch that changes, the resume is refused in one line, as
+  is a world-size change of a graph-search task run.
 
 The runs use ``model.dropout=0.0``: with dropout, a rank that did not exist in the saved run
 draws masks from a fresh seed, so the losses could not be compared step by step.
@@ -175,6 +177,25 @@ def test_loss_continues_where_it_was(runs, stage, saved, target):
     # Every parameter's Adam step kept counting one per optimizer step after the resume.
     final = consolidated_zero_state(checkpoint(run_dir, 2 * N) / "ds")
     assert {float(state["step"]) for state in final.values()} == {2 * N}
+
+
+def test_zero0_resumes_on_fewer_ranks_without_re_sharding(runs):
+    """ZeRO-0 saves whole states: DeepSpeed's usual loader serves any world size (a universal
+    load would skip the weights, so none is configured)."""
+    tmp = runs["tmp"]
+    straight = tmp / "straight_z0_2rank"
+    proc = run(2, settings(0, straight, 2))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    resumed = tmp / "resumed_z0_2to1"
+    proc = run(1, settings(0, resumed, 1, [f"checkpoint.resume={checkpoint(straight)}",
+                                           "checkpoint.allow_world_size_change=true"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("resuming a 2-rank checkpoint on 1 rank (ZeRO-0, whole states, nothing to re-shard)"
+            in proc.stdout + proc.stderr)
+    after = losses(resumed)
+    assert sorted(after) == list(range(N + 1, 2 * N + 1))
+    for step, value in after.items():
+        assert value == pytest.approx(losses(straight)[step], rel=LOSS_RTOL), step
 
 
 def _error_lines(proc) -> list[str]:
