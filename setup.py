@@ -37,6 +37,7 @@ setup(
             "megaproc-pipeline=megaproc.pipeline:main",
             "megaproc-plot=megaproc.plot:main",
             "megaproc-sweep=megaproc.sweep:main",
+            "megaproc-plan=megaproc.plan:main",
         ]
     },
 )
