@@ -136,7 +136,7 @@ def engine_logits_fn(engine):
     return logits_fn
 
 
-def evaluate_engine(evaluator: HeldoutEvaluator, engine, device) -> dict:
+def heldout_metrics_of_engine(evaluator: HeldoutEvaluator, engine, device) -> dict:
     """Run ``evaluator`` with ``engine`` in eval mode (dropout off), then back to train mode."""
     was_training = engine.training
     engine.eval()

@@ -127,7 +127,7 @@ class CurriculumHook(Hook):
     def _evaluate(self, trainer, event: str) -> None:
         if self.heldout is None:
             return
-        record = self.heldout.evaluate(trainer, stage=self.stage, alpha=self.alpha, event=event)
+        record = self.heldout.record(trainer, stage=self.stage, alpha=self.alpha, event=event)
         if record is not None and record["heldout_acc"] is not None:
             log.info(f"held-out eval at step {trainer.step} (stage {self.stage}): "
                      f"acc {record['heldout_acc']:.4f}, answer loss {record['heldout_loss']:.4f} "

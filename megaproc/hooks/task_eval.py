@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from megaproc.eval.task_accuracy import HeldoutEvaluator, evaluate_engine, load_eval_records
+from megaproc.eval.task_accuracy import (HeldoutEvaluator, heldout_metrics_of_engine,
+                                        load_eval_records)
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 
@@ -39,11 +40,11 @@ class HeldoutLog:
         """Drop records after ``step`` (they are redone after a resume)."""
         self.log.open(step)
 
-    def evaluate(self, trainer, **fields) -> dict | None:
+    def record(self, trainer, **fields) -> dict | None:
         """Evaluate, write ``{step, **fields, metrics..., timestamp}`` and return it."""
         if self.evaluator is None:
             return None
-        metrics = evaluate_engine(self.evaluator, trainer.engine, trainer.device)
+        metrics = heldout_metrics_of_engine(self.evaluator, trainer.engine, trainer.device)
         return self.log.write(trainer, metrics, **fields)
 
 
@@ -60,8 +61,8 @@ class TaskEvalHook(Hook):
     def on_train_start(self, trainer) -> None:
         self.heldout.open(trainer.step)
         if trainer.step == 0:
-            self.heldout.evaluate(trainer, event="start")
+            self.heldout.record(trainer, event="start")
 
     def on_step_end(self, trainer, metrics: dict) -> None:
         if self.every and trainer.step % self.every == 0:
-            self.heldout.evaluate(trainer, event="periodic")
+            self.heldout.record(trainer, event="periodic")
