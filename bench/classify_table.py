@@ -47,7 +47,7 @@ def main() -> int:
         print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
         return proc.returncode
     rows = []
-    for job_dir in sorted((root / spec["experiment_name"]).iterdir()):
+    for job_dir in sorted(p for p in (root / spec["experiment_name"]).iterdir() if p.is_dir()):
         config = json.loads((job_dir / "config.json").read_text()) if (job_dir / "config.json").is_file() else {}
         point = config.get("args", {})
         metrics_file = job_dir / "metrics.json"
