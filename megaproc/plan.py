@@ -7,8 +7,8 @@
 Prints the parameter count; per-GPU memory for parameters, gradients, optimizer states and
 activations; CPU memory per node; tokens and FLOPs per optimizer step; and a table of every
 ZeRO stage / offload choice with whether it fits, recommending the first that does in the
-order ZeRO-0, 2, 3, ZeRO-2/3 with the optimizer offloaded, ZeRO-3 with parameters offloaded
-too (ZeRO-1 is listed but never preferred: ZeRO-2 moves as much data and keeps less).
+order ZeRO-2, ZeRO-3, ZeRO-2/3 with the optimizer offloaded, ZeRO-3 with parameters offloaded
+too (ZeRO-0 and 1 are listed but never preferred: ZeRO-2 moves as much data and keeps less).
 
 Model states follow DeepSpeed's own estimators (``estimate_zero2_model_states_mem_needs`` and
 ``estimate_zero3_model_states_mem_needs`` in ``deepspeed.runtime.zero``) byte for byte: mixed
@@ -161,8 +161,13 @@ def activation_bytes(g: Geometry, micro_batch: int, seq_len: int, checkpointing:
 
 
 def _options(stage_wanted: int, offload_wanted: str) -> list[tuple[int, str]]:
-    out = [(0, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"),
-           (3, "all"), (1, "none"), (1, "optimizer")]
+    # Preference order for the recommendation.  ZeRO-2 first: per step it moves as much data
+    # as plain data parallelism (reduce-scatter + all-gather = one all-reduce) and keeps far
+    # less; ZeRO-3 adds parameter all-gathers in forward and backward (~1.5x the traffic);
+    # offloading adds PCIe traffic and CPU optimizer time.  ZeRO-0/1 are listed, never
+    # preferred (they hold more than ZeRO-2 for the same traffic).
+    out = [(2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"),
+           (0, "none"), (1, "none"), (1, "optimizer")]
     if (stage_wanted, offload_wanted) not in out:
         out.append((stage_wanted, offload_wanted))
     return out
