@@ -30,14 +30,14 @@ which compared the two targets under one context)
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from megaproc.eval.loglik import LoglikScorer, LogitsFn
+from megaproc.eval.loglik import LogitsFn, LoglikScorer
+from megaproc.eval.rows import json_rows
 
 REQUIRED_FIELDS = ("Domain", "Context1", "Context2", "Target1", "Target2")
 SOURCE_ENV = "EWOK_SRC"
@@ -160,14 +160,7 @@ def load_ewok(path: str | os.PathLike | None = None, password: str | None = None
         password = os.environ.get(PASSWORD_ENV) or None
     items: list[EwokItem] = []
     for label, text in _sources(source, password):
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{label}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+        for line_no, where, record in json_rows(text.splitlines(), label):
             items.append(parse_item(record, where, label, line_no))
             if max_items and len(items) >= max_items:
                 return items

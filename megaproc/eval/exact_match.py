@@ -22,7 +22,6 @@ exists in both interpolate and extrapolate).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from megaproc import distributed as dist_utils
 from megaproc.eval.loglik import LogitsFn
+from megaproc.eval.rows import json_rows, right_padded
 
 EVAL_SPLITS = ("interpolate", "extrapolate")
 
@@ -74,14 +74,7 @@ def _read_jsonl(path: Path, per_group: int, out: list[PromptAnswer]) -> None:
     counts: dict[str, int] = {}
     default_split = path.stem if path.stem in EVAL_SPLITS else None
     with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+        for line_no, where, record in json_rows(handle, str(path)):
             example = _parse(record, where, str(path), line_no, default_split)
             if per_group:
                 counts[example.group] = counts.get(example.group, 0) + 1
@@ -156,12 +149,7 @@ def greedy_decode(logits_fn: LogitsFn, prompts: Sequence[Sequence[int]],
             elif not active:
                 break
             inputs = [(list(prompts[i]) + generated[i])[-max_length:] for i in active] or [[pad_id]]
-            width = max(len(x) for x in inputs)
-            ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(inputs), width), dtype=torch.long)
-            for row, tokens in enumerate(inputs):
-                ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                mask[row, :len(tokens)] = 1
+            ids, mask = right_padded(inputs, pad_id)
             logits = logits_fn(ids.to(device), mask.to(device))
             still = []
             for row, i in enumerate(active):

@@ -20,12 +20,12 @@ row, as lm-eval's ``hellaswag/utils.py`` and ``hellaswag.yaml`` define it:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megaproc.eval.loglik import LoglikScorer, LogitsFn
+from megaproc.eval.loglik import LogitsFn, LoglikScorer
+from megaproc.eval.rows import json_rows
 
 REQUIRED_FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
@@ -94,14 +94,7 @@ def load_hellaswag(path: str | Path, max_examples: int = 0) -> list[HellaswagIte
         raise ValueError(f"HellaSwag file not found: {path}")
     items = []
     with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+        for line_no, where, record in json_rows(handle, str(path)):
             items.append(parse_row(record, where, line_no))
             if max_examples and len(items) >= max_examples:
                 break

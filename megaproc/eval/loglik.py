@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import torch
 
 from megaproc import distributed as dist_utils
+from megaproc.eval.rows import right_padded
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default when the model config names no context length
 
@@ -158,12 +159,7 @@ def score_requests(logits_fn: LogitsFn, requests: Sequence[Request], max_length:
     for b in range(total):
         chunk = order[b * batch_size:(b + 1) * batch_size]
         inputs = [_model_input(requests[i], max_length) for i in chunk] or [[pad_id]]
-        width = max(len(x) for x in inputs)
-        ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, tokens in enumerate(inputs):
-            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, :len(tokens)] = 1
+        ids, mask = right_padded(inputs, pad_id)
         logits = logits_fn(ids.to(device), mask.to(device))
         for row, i in enumerate(chunk):
             continuation = torch.tensor(requests[i].continuation, dtype=torch.long,

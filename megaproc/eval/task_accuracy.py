@@ -19,7 +19,6 @@ forwards stay in lock step; the sums are all-reduced.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -27,9 +26,12 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.eval.answer_correctness import (teacher_forced_correct,
-                                       word_continuation_table)
 from megaproc.data.task_encoding import TaskEncoder, collate_task
+from megaproc.eval.answer_correctness import (
+    teacher_forced_correct,
+    word_continuation_table,
+)
+from megaproc.eval.rows import json_rows
 from megaproc.loss import per_row_sums
 
 
@@ -47,16 +49,10 @@ def load_eval_records(path: str, max_examples: int = 0, seed: int | None = None)
         raise FileNotFoundError(f"split file not found: {path}")
     records = []
     with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+        for _, where, record in json_rows(handle, path):
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or \
                     not isinstance(record.get("output_texts"), list) or not record["output_texts"]:
-                raise ValueError(f"{path}:{line_no}: expected an object with 'prompt' and a "
+                raise ValueError(f"{where}: expected an object with 'prompt' and a "
                                  "non-empty 'output_texts' list")
             records.append(record)
     if max_examples and seed is not None:
