@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaproc.eval.loglik import LogitsFn, LoglikScorer
-from megaproc.eval.rows import json_rows
+from megaproc.eval.rows import json_rows, require_fields
 
 REQUIRED_FIELDS = ("Domain", "Context1", "Context2", "Target1", "Target2")
 SOURCE_ENV = "EWOK_SRC"
@@ -136,12 +136,7 @@ def _sources(source: Path, password: str | None):
 
 def parse_item(record, where: str, file: str, line: int) -> EwokItem:
     """Validate one decoded row (``where`` = ``file:line`` prefixes every error)."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object")
-    missing = [key for key in REQUIRED_FIELDS if key not in record]
-    if missing:
-        raise ValueError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(repr(k) for k in missing)}")
+    require_fields(record, where, REQUIRED_FIELDS)
     for key in ("Domain", "Context1", "Context2"):
         if not isinstance(record[key], str):
             raise ValueError(f"{where}: {key!r} must be a string")

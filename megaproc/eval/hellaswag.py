@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaproc.eval.loglik import LogitsFn, LoglikScorer
-from megaproc.eval.rows import json_rows
+from megaproc.eval.rows import json_rows, require_fields
 
 REQUIRED_FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
@@ -61,12 +61,7 @@ def _label(value, count: int, where: str) -> int:
 
 def parse_row(record, where: str, line: int) -> HellaswagItem:
     """Validate one decoded row; ``where`` (``file:line``) prefixes every error."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object")
-    missing = [key for key in REQUIRED_FIELDS if key not in record]
-    if missing:
-        raise ValueError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(repr(k) for k in missing)}")
+    require_fields(record, where, REQUIRED_FIELDS)
     for key in ("activity_label", "ctx_a", "ctx_b", "ctx"):
         if not isinstance(record[key], str):
             raise ValueError(f"{where}: {key!r} must be a string")

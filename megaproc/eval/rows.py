@@ -22,6 +22,17 @@ def json_rows(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obje
         yield line_no, where, record
 
 
+def require_fields(record, where: str, fields) -> dict:
+    """``record`` as a dict holding every key of ``fields``, else ``ValueError`` at ``where``."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    missing = [key for key in fields if key not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(repr(k) for k in missing)}")
+    return record
+
+
 def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` [B, T] of token lists padded on the right to the longest."""
     width = max(len(x) for x in rows)
