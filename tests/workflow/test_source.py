@@ -36,7 +36,9 @@ def steps(src, count):
         for micro in range(src.grad_accum):
             batch = src.micro_batch_at(micro)
             mask = batch["attention_mask"].bool()
-            rows.append([batch["input_ids"][r][mask[r]].tolist() for r in range(len(mask))])
+            primary = batch["primary"].tolist()  # rows of alternative answers come after
+            rows.append([batch["input_ids"][r][mask[r]].tolist() for r in range(len(mask))
+                         if primary[r]])
         src.advance()
     return rows
 
@@ -48,9 +50,9 @@ def accepted_indices(tokenizer, indices, stage=1, seq_len=64, reserved=frozenset
         example = gen.example(index, stage)
         if example is None or example.prompt in reserved:
             continue
-        tokens = encoder.encode_pairs([(example.prompt, example.output_texts[0])])[0]["tokens"]
-        if len(tokens) <= seq_len + 1:
-            kept.append(tokens[:-1].tolist())
+        rows = encoder.encode_pairs([(example.prompt, a) for a in example.output_texts])
+        if max(len(r["tokens"]) for r in rows) <= seq_len + 1:  # every valid answer must fit
+            kept.append(rows[0]["tokens"][:-1].tolist())
     return kept
 
 
@@ -182,3 +184,21 @@ def _tiny_tokenizer():
                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"]))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>",
                                    unk_token="<unk>")
+
+
+def test_batches_carry_a_row_per_alternative_answer(tokenizer):
+    src = source(tokenizer, micro_batch=8, prefetch=False)
+    seen_alternatives = 0
+    for _ in range(6):
+        for micro in range(src.grad_accum):
+            start = src._cursor if micro else src.position
+            batch = src.micro_batch_at(micro)
+            examples = src.lane_examples(start, 1, 8)[1]
+            assert batch["primary"].sum() == 8
+            expected = [(k, 0) for k in range(8)] + [
+                (k, i) for k, e in enumerate(examples) for i in range(1, len(e.output_texts))]
+            assert len(batch["example_id"]) == len(expected)
+            assert batch["example_id"].tolist() == [k for k, _ in expected]
+            seen_alternatives += len(expected) - 8
+        src.advance()
+    assert seen_alternatives > 0  # the stream has multi-answer examples
