@@ -35,12 +35,12 @@ load_deepspeed_env
 launcher=""
 forward() {
   # Forward signal $1 to the training processes (the launchers ignore it).
-  local workers
+  local workers=()
   [ -n "$launcher" ] || return 0
-  workers=$(deepspeed_workers "$launcher")
-  if [ -n "$workers" ]; then
-    log "node ${NODE_LABEL:-}: $1 -> training processes" $workers
-    kill -s "$1" $workers 2>/dev/null
+  mapfile -t workers < <(deepspeed_workers "$launcher")
+  if [ "${#workers[@]}" -gt 0 ]; then
+    log "node ${NODE_LABEL:-}: $1 -> training processes ${workers[*]}"
+    kill -s "$1" "${workers[@]}" 2>/dev/null
   else
     log "node ${NODE_LABEL:-}: $1 before any training process started (ignored)"
   fi

@@ -93,7 +93,9 @@ wait_all() {
       for pid in "$@"; do
         [ -n "${done_rc[$pid]:-}" ] && continue
         log "killing $pid and its processes"
-        kill -KILL $(descendants "$pid") "$pid" 2>/dev/null
+        local tree=()
+        mapfile -t tree < <(descendants "$pid")
+        kill -KILL "${tree[@]}" "$pid" 2>/dev/null
       done
       failed_at=""
     fi

@@ -59,7 +59,7 @@ forward_all() {
 trap 'forward_all USR1' USR1
 trap 'forward_all TERM' TERM
 
-cd "$repo"
+cd "$repo" || exit 2
 log "local_multinode: $nodes nodes x $per_node processes, master 127.0.0.1:$port"
 for ((i = 0; i < nodes; i++)); do
   NODE_LABEL=$i "$here/deepspeed_node.sh" --hostfile "$hostfile" --no_ssh --node_rank "$i" \

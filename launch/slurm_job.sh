@@ -26,8 +26,9 @@
 # finished exit 75 into a death by signal.
 #
 # Environment: MEGAPROC_LAUNCHER (srun | deepspeed), GPUS_PER_NODE (deepspeed), SRUN_ARGS
-# (extra srun options, e.g. "--gpu-bind=none"), MASTER_PORT, PYTHON (default python),
-# OMP_NUM_THREADS (default: the job's CPUs per task).
+# (extra srun options, e.g. "--gpu-bind=none"), SRUN_WAIT (seconds the other tasks get once
+# one has ended, default 120), MASTER_PORT (default: a free port on the first node), PYTHON
+# (default python), OMP_NUM_THREADS (default: the job's CPUs per task).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -62,14 +63,20 @@ launcher=${MEGAPROC_LAUNCHER:-srun}
 nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 restart=${SLURM_RESTART_COUNT:-0}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-# A different port per restart: the previous run's listening socket may linger in TIME_WAIT.
-MASTER_PORT=${MASTER_PORT:-$((20000 + (SLURM_JOB_ID * 10 + restart) % 20000))}
+# The batch script runs on the job's first node, which is MASTER_ADDR: ask its kernel for a
+# port that is free right now (a fixed or job-id-derived port can be taken by another job
+# sharing the node, or linger in TIME_WAIT from the run before a requeue).
+if [ -z "${MASTER_PORT:-}" ]; then
+  MASTER_PORT=$("${PYTHON:-python}" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])' 2>/dev/null) \
+    || MASTER_PORT=$((20000 + (SLURM_JOB_ID * 10 + restart) % 20000))
+fi
 export MASTER_ADDR MASTER_PORT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 read -r -a srun_args <<< "${SRUN_ARGS:-}"
+srun_wait=${SRUN_WAIT:-120}
 train=(megaproc/train.py --config "$config" checkpoint.resume=auto "$@")
 
-cd "$repo"
+cd "$repo" || exit 2
 log "job $SLURM_JOB_ID ($SLURM_JOB_NAME) start $restart on $SLURM_JOB_NODELIST:" \
     "$launcher launcher, $nodes node(s), master $MASTER_ADDR:$MASTER_PORT, config $config"
 
@@ -89,14 +96,17 @@ trap 'log "received TERM: the trainers got it too and save if time allows"' TERM
 case $launcher in
   srun)
     # --kill-on-bad-exit=0: the first rank to exit 75 must not get the others killed while
-    # they finish their own exit (srun's exit code is the largest of all tasks').
-    srun --kill-on-bad-exit=0 "${srun_args[@]}" "$here/preemptible.sh" "${PYTHON:-python}" "${train[@]}" &
+    # they finish their own exit (srun's exit code is the largest of all tasks').  --wait:
+    # once one task has ended, the others get SRUN_WAIT seconds, so the survivors of a
+    # crashed rank, stuck in a collective with it, do not hold the allocation until the limit.
+    srun --kill-on-bad-exit=0 --wait="$srun_wait" "${srun_args[@]}" \
+      "$here/preemptible.sh" "${PYTHON:-python}" "${train[@]}" &
     ;;
   deepspeed)
     tasks_per_node=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:-$nodes} / nodes ))}
     slots=${GPUS_PER_NODE:-${tasks_per_node%%(*}}
     # One task per node holding all of the node's CPUs of this job.
-    srun --kill-on-bad-exit=0 --ntasks="$nodes" --ntasks-per-node=1 \
+    srun --kill-on-bad-exit=0 --wait="$srun_wait" --ntasks="$nodes" --ntasks-per-node=1 \
       --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" "${srun_args[@]}" \
       "$here/slurm_job.sh" --deepspeed-node "$slots" "${train[@]}" &
     ;;

@@ -200,8 +200,19 @@ class SlurmCluster:
 
     # --------------------------------------------------------------- tear-down
     def stop(self) -> None:
-        """Stop the daemons this object started (SIGTERM, then SIGKILL after 20 s)."""
-        # slurmd first: it ends the job steps it still runs; then the controller; munge last.
+        """End every job, then the daemons this object started (SIGTERM, SIGKILL after 20 s).
+
+        Jobs first: slurmd exits without ending the job steps it started (by design, so that
+        a restart of slurmd does not kill jobs), so their slurmstepd and processes would
+        outlive the cluster.  Whatever survives is found by this cluster's ``SLURM_CONF`` in
+        the process environment (jobs and slurmstepd inherit it) and killed.
+        """
+        if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
+            try:
+                self.cancel_all()
+            except Exception:  # noqa: BLE001 - tear down the daemons regardless
+                pass
+        # slurmd first, then the controller; munge last (the others authenticate through it).
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
@@ -212,6 +223,37 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=20)
+        for pid in self.leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel every job of this cluster and wait until the controller reports none."""
+        jobs = self.run(["squeue", "-h", "-o", "%i"], check=False).stdout.split()
+        if jobs:
+            self.run(["scancel", "--full", *jobs], check=False)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            queue = self.run(["squeue", "-h", "-o", "%i %T"], check=False).stdout.split("\n")
+            if not any(line.strip() for line in queue):
+                return
+            time.sleep(0.5)
+
+    def leftover_pids(self) -> list[int]:
+        """Processes (other than this one) whose environment names this cluster's slurm.conf."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+        return out
 
     def __enter__(self) -> "SlurmCluster":
         return self.start()

@@ -52,6 +52,14 @@ def test_job_scripts_carry_the_preemption_contract():
     assert "--signal=B:USR1@180" in docs and "scontrol requeue" in docs
 
 
+@pytest.fixture
+def cluster(slurm_cluster):
+    """The module's cluster, with every job cancelled after the test (a failed test must not
+    leave a job holding the node's CPUs for the next one)."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()
+
+
 def submit(cluster, submit_dir: Path, args: list[str], **env) -> int:
     """Submit through launch/submit.sh from ``submit_dir``; returns the job id."""
     submit_dir.mkdir(parents=True, exist_ok=True)
@@ -61,24 +69,24 @@ def submit(cluster, submit_dir: Path, args: list[str], **env) -> int:
     return int(proc.stdout.strip().split(";")[0])
 
 
-def test_sbatch_accepts_every_job_script(slurm_cluster, tmp_path):
+def test_sbatch_accepts_every_job_script(cluster, tmp_path):
     for name in JOB_SCRIPTS:
-        proc = slurm_cluster.run(["sbatch", "--test-only", *CPU_JOB, str(REPO / "launch" / name),
+        proc = cluster.run(["sbatch", "--test-only", *CPU_JOB, str(REPO / "launch" / name),
                                   QUICKSTART], cwd=tmp_path, check=False)
         assert proc.returncode == 0 and "to start at" in proc.stderr, (name, proc.stderr)
 
 
-def test_submit_creates_the_log_folder_a_bare_sbatch_dies_without_it(slurm_cluster, tmp_path):
+def test_submit_creates_the_log_folder_a_bare_sbatch_dies_without_it(cluster, tmp_path):
     job = [*CPU_JOB, "--ntasks-per-node=1", "--job-name=dry", str(REPO / "launch" / "train.sbatch"),
            QUICKSTART, "--dry-run"]
     bare = tmp_path / "bare"
     bare.mkdir()
-    bare_env = dict(slurm_cluster.env, MEGAPROC_ROOT=str(REPO))
-    bare_id = int(slurm_cluster.run(["sbatch", "--parsable", *job], cwd=bare,
+    bare_env = dict(cluster.env, MEGAPROC_ROOT=str(REPO))
+    bare_id = int(cluster.run(["sbatch", "--parsable", *job], cwd=bare,
                                     env=bare_env).stdout.strip())
-    wrapped_id = submit(slurm_cluster, tmp_path / "wrapped", job)
-    bare_end = slurm_cluster.wait_job(bare_id, ("FAILED", "COMPLETED", "CANCELLED"), timeout=120)
-    wrapped_end = slurm_cluster.wait_job(wrapped_id, ("FAILED", "COMPLETED", "CANCELLED"), timeout=300)
+    wrapped_id = submit(cluster, tmp_path / "wrapped", job)
+    bare_end = cluster.wait_job(bare_id, ("FAILED", "COMPLETED", "CANCELLED"), timeout=120)
+    wrapped_end = cluster.wait_job(wrapped_id, ("FAILED", "COMPLETED", "CANCELLED"), timeout=300)
     assert bare_end["JobState"] == "FAILED" and not list(bare.rglob("*.out"))
     log = tmp_path / "wrapped" / "slurm" / f"{wrapped_id}_dry.out"
     assert wrapped_end["JobState"] == "COMPLETED", log.read_text()[-3000:]
@@ -101,19 +109,19 @@ def wait_for_steps(cluster, job_id: int, run_dir: Path, steps: int, timeout: flo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["srun", "deepspeed"])
-def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, launcher,
+def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path, launcher,
                                                         reference_losses):
     run_dir = tmp_path / "run"
     name = f"pre_{launcher}"
-    job_id = submit(slurm_cluster, tmp_path / "submit",
+    job_id = submit(cluster, tmp_path / "submit",
                     [*CPU_JOB, f"--job-name={name}", str(REPO / "launch" / "train.sbatch"),
                      QUICKSTART, *run_settings(run_dir)], MEGAPROC_LAUNCHER=launcher)
     log = tmp_path / "submit" / "slurm" / f"{job_id}_{name}.out"
-    wait_for_steps(slurm_cluster, job_id, run_dir, 3)
+    wait_for_steps(cluster, job_id, run_dir, 3)
 
     # What SLURM does --signal=B:USR1@180 before the time limit: SIGUSR1 to the batch shell only.
-    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(job_id)])
-    requeued = slurm_cluster.wait_job(job_id, ("PENDING",), timeout=300,
+    cluster.run(["scancel", "--signal=USR1", "--batch", str(job_id)])
+    requeued = cluster.wait_job(job_id, ("PENDING",), timeout=300,
                                       predicate=lambda f: f.get("Restarts") == "1")
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(checkpoints) == 1, (checkpoints, log.read_text()[-3000:])
@@ -128,8 +136,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path,
     # job whose credential is from the same second as the revocation of the previous run's
     # ("Job credential revoked"), one reason for SLURM's hold.
     time.sleep(2)
-    slurm_cluster.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
-    done = slurm_cluster.wait_job(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=600)
+    cluster.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+    done = cluster.wait_job(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout=600)
     text = log.read_text()
     assert done["JobState"] == "COMPLETED" and done["ExitCode"] == "0:0", text[-3000:]
     assert f"job {job_id} ({name}) start 1" in text  # the same log, appended
