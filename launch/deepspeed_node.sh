@@ -49,7 +49,22 @@ forward() {
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
+# The rendezvous address and port (deepspeed's defaults otherwise), to clean up after the run.
+master_addr=127.0.0.1
+master_port=29500
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --master_addr=*) master_addr=${args[i]#*=} ;;
+    --master_addr) master_addr=${args[i + 1]:-} ;;
+    --master_port=*) master_port=${args[i]#*=} ;;
+    --master_port) master_port=${args[i + 1]:-} ;;
+  esac
+done
+
 ( trap '' USR1 TERM; exec "${PYTHON:-python}" -m deepspeed.launcher.runner "$@" ) &
 launcher=$!
 wait_child "$launcher"
-exit $?
+rc=$?
+remove_shm_buffers "$master_addr" "$master_port"
+exit "$rc"

@@ -144,3 +144,14 @@ load_deepspeed_env() {
     done < "$file"
   done
 }
+
+remove_shm_buffers() {
+  # Delete DeepSpeed's CPU shared-memory all-reduce buffers of the run with master $1:$2 on
+  # this machine, once that run has ended.  On CPU, DeepSpeed's shm comm op creates
+  # /dev/shm/deepspeed_allreduce_buffer_<n>_<MASTER_ADDR>_<MASTER_PORT>_<local rank> (69 MB
+  # each) and never unlinks them, so every CPU run would leave RAM behind in /dev/shm.  The
+  # address:port pair was this run's listening socket, so no other live run shares the names.
+  [ -n "${1:-}" ] && [ -n "${2:-}" ] || return 0
+  rm -f /dev/shm/deepspeed_allreduce_buffer_*_"$1"_"$2"_* 2>/dev/null
+  return 0
+}

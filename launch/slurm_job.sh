@@ -119,6 +119,7 @@ step=$!
 wait_child "$step"
 rc=$?
 log "trainers exited with $rc"
+remove_shm_buffers "$MASTER_ADDR" "$MASTER_PORT"  # this node's; deepspeed mode: every node's
 if [ "$rc" -eq "$PREEMPTED_EXIT_CODE" ]; then
   log "preempted after a complete checkpoint: requeueing job $SLURM_JOB_ID"
   # The controller ends this run of the job right away (the log shows "CANCELLED ... DUE TO

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,10 @@ def test_two_local_nodes_match_one_node_and_survive_preemption(tmp_path, referen
     assert [r["step"] for r in read_jsonl(out / "logs" / "train.jsonl")] == \
         list(range(1, PREEMPT_STEPS + 1))
     assert losses(out) == reference_losses
+    ports = re.findall(r"master 127\.0\.0\.1:(\d+)", log_path.read_text())
+    assert len(ports) == 2  # both runs removed DeepSpeed's shared-memory buffers
+    for port in ports:
+        assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
 
 
 def test_deepspeed_node_exports_deepspeed_env_and_ignores_preemption_signals(tmp_path):

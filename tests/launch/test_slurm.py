@@ -145,3 +145,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path, launc
     records = read_jsonl(run_dir / "logs" / "train.jsonl")
     assert [r["step"] for r in records] == list(range(1, PREEMPT_STEPS + 1))
     assert losses(run_dir) == reference_losses
+    masters = re.findall(r"master (\S+):(\d+), config", text)
+    assert len(masters) == 2  # one rendezvous per start; both runs cleaned /dev/shm up
+    for addr, port in masters:
+        assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{addr}_{port}_*"))
