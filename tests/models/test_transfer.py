@@ -153,3 +153,50 @@ def test_attn_transfer_with_ffn_training_on_two_ranks(tmp_path, source_run, stag
         else:
             changed += not torch.equal(tensor, fresh[name])
     assert changed == sum(parameter_group(n, "gpt2") == "ffn" for n in trained)
+
+
+def _word_tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<eos>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def test_partial_matching_copies_rows_of_shared_tokens(tmp_path):
+    src_tok = _word_tokenizer(["apple", "pear", "plum", "fig"])
+    own_tok = _word_tokenizer(["kiwi", "fig", "apple", "lime", "date"])
+    source = build_model({"name": "tiny", "config_overrides": ""}, vocab_size=len(src_tok))
+    source.save_pretrained(tmp_path / "src")
+    src_tok.save_pretrained(tmp_path / "src")
+    fresh = tiny(vocab=len(own_tok), seed=3)
+    before = fresh.state_dict()["transformer.wte.weight"].clone()
+    transfer_weights(fresh, model_cfg(init_from=str(tmp_path / "src"),
+                                      embedding_strategy="partial_matching"), own_tok)
+    wte, src_wte = fresh.state_dict()["transformer.wte.weight"], source.state_dict()["transformer.wte.weight"]
+    src_ids, own_ids = src_tok.get_vocab(), own_tok.get_vocab()
+    for token, row in own_ids.items():
+        if token in src_ids:   # <eos>, fig, apple
+            assert torch.equal(wte[row], src_wte[src_ids[token]]), token
+        else:                  # kiwi, lime, date keep their fresh rows
+            assert torch.equal(wte[row], before[row]), token
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from megaproc.models.run_model import build_run_model
+    from megaproc.tokenizer import build_run_tokenizer
+
+    grads = []
+    for checkpointing in (False, True):
+        cfg = load_config(None, ["model.name=tiny", f"model.gradient_checkpointing={checkpointing}"])
+        torch.manual_seed(0)
+        model, _ = build_run_model(cfg.model, build_run_tokenizer(cfg.data), {}, 0, 1)
+        model.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        ids = torch.arange(24).reshape(2, 12) % 50
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
