@@ -110,17 +110,21 @@ def measure(zero: int, ranks: int, args) -> list[dict]:
           "--seq-len", str(args.seq_len), "--micro-batch", str(args.micro_batch),
           "--precision", args.precision, "--overrides", args.overrides,
           "--ds-config", args.ds_config]
+    port = free_port()
     if ranks == 1:
         cmd = [sys.executable, *me]
     else:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(free_port()), *me]
+               "--master_port", str(port), *me]
     # glibc raises its mmap threshold as large blocks are freed (up to 32 MiB) and then keeps
     # freed tensors in the heap, so the resident set would count dead memory; a fixed
     # threshold returns every freed tensor buffer to the OS, in both runs alike.
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                MALLOC_MMAP_THRESHOLD_="65536")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    # DeepSpeed's CPU shared-memory all-reduce never unlinks its buffers (see launch/lib.sh).
+    for leftover in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+        leftover.unlink(missing_ok=True)
     files = sorted(Path(out).glob("rank*.json"))
     if proc.returncode != 0 or len(files) != ranks:
         raise RuntimeError(f"ZeRO-{zero} x{ranks} failed ({proc.returncode}):\n"
