@@ -66,7 +66,8 @@ def megaproc_run(args, peak: float) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"trainer failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-2000:]}")
-    records = [json.loads(line) for line in (run_dir / "logs" / "train.jsonl").read_text().splitlines()]
+    log_lines = (run_dir / "logs" / "train.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in log_lines]
     timed = [r for r in records if r["step"] > args.warmup]
     final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     hf_config = AutoConfig.from_pretrained(final / "hf_config")
@@ -121,7 +122,8 @@ def main() -> None:
     trainer = megaproc_run(args, peak["peak"])
     per_token = model_flops_per_token(trainer["hf_config"], args.seq_len)
     plain = torch_loop(trainer["hf_config"], args)
-    ours, base = mfu(trainer["tokens_per_s"], per_token, peak["peak"]), mfu(plain, per_token, peak["peak"])
+    ours = mfu(trainer["tokens_per_s"], per_token, peak["peak"])
+    base = mfu(plain, per_token, peak["peak"])
     print(json.dumps({
         "benchmark": "mfu", "model": args.model, "seq_len": args.seq_len,
         "micro_batch": args.micro_batch, "threads": args.threads, "precision": "fp32",

@@ -159,7 +159,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "zero_memory", "model": args.model, "params": zero0["params"],
         "overrides": args.overrides, "zero3_ds_config": args.ds_config,
-        "zero3_buffer_settings": ZERO3_BUFFERS, "vocab_size": args.vocab_size, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
+        "zero3_buffer_settings": ZERO3_BUFFERS, "vocab_size": args.vocab_size,
+        "seq_len": args.seq_len, "micro_batch": args.micro_batch,
         "precision": args.precision, "zero0_single_rank": zero0, "zero3_two_ranks": zero3,
         "ratio": ratio,
         "ratio_absolute_rss": max(r["peak_rss_bytes"] for r in zero3) / zero0["peak_rss_bytes"],

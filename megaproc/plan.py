@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from megaproc.flops import Geometry, geometry, model_flops_per_token, parameter_counts
 
@@ -84,10 +84,16 @@ def model_states(params: int, largest_layer: int, stage: int, offload: str = "no
         layer = 4 * largest_layer  # gathered 16-bit weights + 16-bit grads of one layer
         half = layer // 2
         if offload == "all":
-            cpu = p * 18 * gpus_factor * bf if zero_init else p * max(4 * gpn, 18 * gpus_factor) * bf
+            if zero_init:
+                cpu = p * 18 * gpus_factor * bf
+            else:
+                cpu = p * max(4 * gpn, 18 * gpus_factor) * bf
             return ModelStates(3, offload, half, layer - half, 0, int(cpu))
         if offload == "optimizer":
-            cpu = p * 16 * gpus_factor * bf if zero_init else p * max(4 * gpn, 16 * gpus_factor) * bf
+            if zero_init:
+                cpu = p * 16 * gpus_factor * bf
+            else:
+                cpu = p * max(4 * gpn, 16 * gpus_factor) * bf
             shard16 = int(2 * p / total_gpus)
             return ModelStates(3, offload, half + shard16, layer - half, 0, int(cpu))
         states = int(18 * p / total_gpus)  # 16-bit weights, fp32 grads, master, Adam: sharded
@@ -270,13 +276,16 @@ def render(result: dict) -> str:
     ]
     for o in r["options"]:
         lines.append(f"  {o['zero']}   {o['offload']:<9} {_gib(o['gpu_total_bytes'])} "
-                     f"{o['cpu_model_states_bytes'] / GIB:8.1f} GiB   {'yes' if o['fits'] else 'no'}")
+                     f"{o['cpu_model_states_bytes'] / GIB:8.1f} GiB   "
+                     f"{'yes' if o['fits'] else 'no'}")
     rec = r["recommended"]
     lines.append("")
     if rec is None:
-        lines.append("nothing fits: lower the micro batch, use --gradient-checkpointing, or add GPUs")
+        lines.append("nothing fits: lower the micro batch, use --gradient-checkpointing, "
+                     "or add GPUs")
     else:
-        choice = f"ZeRO-{rec['zero']}" + ("" if rec["offload"] == "none" else f" + offload {rec['offload']}")
+        offload = "" if rec["offload"] == "none" else f" + offload {rec['offload']}"
+        choice = f"ZeRO-{rec['zero']}{offload}"
         lines.append(f"recommended: {choice}")
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
@@ -284,12 +293,14 @@ def render(result: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of ``python -m megaproc.plan``."""
-    ap = argparse.ArgumentParser(prog="python -m megaproc.plan", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m megaproc.plan",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="preset name (megaproc.models.PRESET_NAMES)")
     ap.add_argument("--gpus", type=int, required=True, help="GPUs per node")
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--zero", type=int, choices=(0, 1, 2, 3), required=True)
-    ap.add_argument("--micro-batch", type=int, required=True, help="sequences per GPU per micro-step")
+    ap.add_argument("--micro-batch", type=int, required=True,
+                    help="sequences per GPU per micro-step")
     ap.add_argument("--seq-len", type=int, required=True)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--offload", nargs="?", const="all", default="none", choices=OFFLOAD_CHOICES,

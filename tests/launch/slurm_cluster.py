@@ -144,8 +144,10 @@ class SlurmCluster:
             "MinJobAge=600",
             "InactiveLimit=0",
             "SlurmdTimeout=120",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 NodeHostname={self.host} {node} State=UNKNOWN",
-            f"PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+            f"NodeName={self.host} NodeAddr=127.0.0.1 NodeHostname={self.host} {node} "
+            "State=UNKNOWN",
+            f"PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE "
+            "State=UP",
         ]
         self.conf.write_text("\n".join(line for line in lines if line) + "\n")
 
@@ -164,7 +166,8 @@ class SlurmCluster:
         try:
             m = self.root / "munge"
             self._spawn("munged", ["-F", "--force", f"--key-file={key}",
-                                   f"--socket={self.munge_socket}", f"--pid-file={m / 'munged.pid'}",
+                                   f"--socket={self.munge_socket}",
+                                   f"--pid-file={m / 'munged.pid'}",
                                    f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'seed'}"])
             self._wait(lambda: self.munge_socket.exists(), timeout, "munged's socket")
             # -i: ignore state left by an earlier slurmctld (there is none; a fresh dir).

@@ -170,8 +170,8 @@ def saved_activation_bytes(model, ids, checkpointing: bool) -> int:
         return t
 
     if checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
-        enable()
+        # transformers 5 renamed gradient_checkpointing_enable (now deprecated)
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -22,7 +22,8 @@ from tests.launch.conftest import PREEMPT_STEPS, run_settings
 
 pytestmark = pytest.mark.slurm
 
-JOB_SCRIPTS = {"train.sbatch": "megaproc", "pptrain.sbatch": "pptrain", "pretrain.sbatch": "pretrain"}
+JOB_SCRIPTS = {"train.sbatch": "megaproc", "pptrain.sbatch": "pptrain",
+               "pretrain.sbatch": "pretrain"}
 # This machine instead of the scripts' 8-GPU node: 2 tasks of one CPU, no GPUs.
 CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none", "--time=20"]
 
