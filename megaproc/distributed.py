@@ -7,6 +7,7 @@ plain run we fill in a single-process group.  The backend is nccl on CUDA and gl
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 
@@ -46,6 +47,30 @@ def init_distributed(local_rank_arg: int | None = None) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if not torch.cuda.is_available():
+        unlink_shm_buffers()
+
+
+def unlink_shm_buffers() -> None:
+    """Unlink this rank's DeepSpeed CPU shared-memory all-reduce buffer once every rank mapped it.
+
+    DeepSpeed's CPU comm op (``ops/csrc/cpu/comm/shm.cpp``, 0.19) creates
+    ``/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}`` (~69 MB) per rank in
+    ``init_distributed`` and maps every other rank's before returning, but never unlinks them:
+    each multi-rank run leaked them until the machine's memory filled.  After a barrier all
+    ranks hold their mappings, so removing the names is safe; the memory is freed when the
+    processes exit.
+    """
+    if world_size() <= 1 or not os.path.isdir("/dev/shm"):
+        return
+    barrier()
+    pattern = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_"
+               f"{os.environ.get('MASTER_PORT', '*')}_{rank()}")
+    for path in glob.glob(pattern):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def rank() -> int:

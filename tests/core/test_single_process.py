@@ -124,3 +124,24 @@ def test_total_batch_tokens_mfu_plots_and_step_metrics(tmp_path):
     assert all(step_metrics[str(e["step"])]["val_loss"] == e["val_loss"] for e in evals)
     bad = run(1, base + [f"run.out_dir={tmp_path / 'bad'}", "train.total_batch_tokens=100"])
     assert "'train.total_batch_tokens'" in _one_error_line(bad)
+
+
+@pytest.mark.slow
+def test_two_rank_run_leaves_no_shared_memory_behind(tmp_path):
+    import glob
+    import os
+
+    from megaproc.distributed import free_port
+
+    port = free_port()
+    pattern = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"
+    from tests.launch import REPO, TRAIN, QUICKSTART, env
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+                           "--master_port", str(port), TRAIN, "--config", QUICKSTART, *FAST,
+                           f"run.out_dir={tmp_path / 'run'}", "train.max_steps=2"],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert glob.glob(pattern) == []  # DeepSpeed's CPU all-reduce buffers were unlinked
