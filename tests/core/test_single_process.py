@@ -130,15 +130,14 @@ def test_total_batch_tokens_mfu_plots_and_step_metrics(tmp_path):
 def test_two_rank_run_leaves_no_shared_memory_behind(tmp_path):
     import glob
     import os
-
-    from megaproc.distributed import free_port
-
-    port = free_port()
-    pattern = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"
-    from tests.launch import REPO, TRAIN, QUICKSTART, env
     import subprocess
     import sys
 
+    from megaproc.distributed import free_port
+    from tests.launch import QUICKSTART, REPO, TRAIN, env
+
+    port = free_port()
+    pattern = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"
     proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
                            "--master_port", str(port), TRAIN, "--config", QUICKSTART, *FAST,
                            f"run.out_dir={tmp_path / 'run'}", "train.max_steps=2"],
