@@ -94,6 +94,7 @@ import random
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from megaproc.synthetic.graph_construction import (
     build_lookahead_graph,
@@ -114,6 +115,17 @@ _MODE_FIXED_LOOKAHEAD = 1    # ... or at a fixed lookahead (benchmarks, analysis
 
 __all__ = ["GENERATOR_VERSION", "GraphExample", "GraphSearchGenerator", "MIN_INPUT_SIZE",
            "lookahead_depth"]
+
+
+class _Graph(NamedTuple):
+    """One drawn graph (internal ids; the start is 0) ready to be scanned for positions."""
+
+    children: list[list[int]]
+    goal: int
+    distance: list[int]          # edge distance to the goal, -1 if unreachable
+    paths: list[list[int]]       # every shortest start -> goal path, in scan order
+    room: int                    # tokens left for the path so far
+    memo: dict                   # (current, next) -> lookahead, filled while scanning
 
 
 @dataclass
@@ -254,7 +266,7 @@ class GraphSearchGenerator:
             graph = self._draw_graph(rng, lookahead)
             if graph is None:
                 continue
-            positions = list(self._positions(graph))
+            positions = self._positions(graph)
             found = self._first_match(graph, positions, 0, lookahead)
             if found is not None:
                 return self._finish(rng, lookahead, graph, *positions[found])
@@ -267,7 +279,7 @@ class GraphSearchGenerator:
             graph = self._draw_graph(rng, previous)
             if graph is None:
                 continue
-            positions = list(self._positions(graph))
+            positions = self._positions(graph)
             found = self._first_match(graph, positions, 0, previous)
             if found is None:
                 continue                                 # no match: upstream draws a new graph
@@ -281,9 +293,9 @@ class GraphSearchGenerator:
         return None
 
     @staticmethod
-    def _first_match(graph, positions, begin: int, lookahead: int) -> int | None:
+    def _first_match(graph: _Graph, positions, begin: int, lookahead: int) -> int | None:
         """Index of the first of ``positions[begin:]`` whose lookahead is ``lookahead``."""
-        children, goal, distance, memo = graph[0], graph[1], graph[2], graph[5]
+        children, goal, distance, memo = graph.children, graph.goal, graph.distance, graph.memo
         for k in range(begin, len(positions)):
             path, j = positions[k]
             current = path[j - 1]
@@ -303,9 +315,9 @@ class GraphSearchGenerator:
                 return k
         return None
 
-    def _draw_graph(self, rng: random.Random, lookahead: int):
-        """One graph draw for ``lookahead``: ``(children, goal, distance, paths, room, memo)``,
-        or ``None`` if it is redrawn (too many edges or shortest paths)."""
+    def _draw_graph(self, rng: random.Random, lookahead: int) -> _Graph | None:
+        """One graph draw for ``lookahead``, or ``None`` if it is redrawn (too many edges or
+        shortest paths)."""
         children, parents, goal = build_lookahead_graph(rng, lookahead, self.num_vertex_ids,
                                                         self.max_edges)
         room = self.max_input_size - 3 * sum(map(len, children)) - 4   # tokens for the path
@@ -317,24 +329,21 @@ class GraphSearchGenerator:
             return None
         if len(paths) > 1:
             shuffle_in_place(rng, paths)
-        return children, goal, distance, paths, room, {}
+        return _Graph(children, goal, distance, paths, room, {})
 
     @staticmethod
-    def _positions(graph):
+    def _positions(graph: _Graph) -> list[tuple[list[int], int]]:
         """Positions ``(path, j)`` in scan order: paths in turn, ``j = 1, 2, ...`` along each,
         while the path so far fits in the input."""
-        room, paths = graph[4], graph[3]
-        for path in paths:
-            for j in range(1, min(len(path), room + 1)):
-                yield path, j
+        return [(path, j) for path in graph.paths for j in range(1, min(len(path), graph.room + 1))]
 
-    def _finish(self, rng: random.Random, lookahead: int, graph, path: list[int], j: int):
+    def _finish(self, rng: random.Random, lookahead: int, graph: _Graph, path: list[int], j: int):
         """Answers of position ``(path, j)``, vertex ids, shuffled edges and the prompt."""
-        children, distance = graph[0], graph[2]
+        children, distance = graph.children, graph.distance
         current, following = path[j - 1], path[j]
         answers = [following] + sorted(c for c in children[current]
                                        if distance[c] >= 0 and c != following)
-        goal = graph[1]
+        goal = graph.goal
         ids = shuffle_in_place(rng, list(range(1, self.num_vertex_ids + 1)), len(children))
         edges = shuffle_in_place(rng, [(ids[u], ids[v]) for u, kids in enumerate(children)
                                        for v in kids])
