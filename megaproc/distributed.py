@@ -37,7 +37,7 @@ def init_distributed(local_rank_arg: int | None = None) -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         # Port 0: the store binds a port the OS picks, so parallel single-process jobs never
         # race for one (nobody else connects to a group of one).
-        os.environ.setdefault("MASTER_PORT", "0")
+        os.environ["MASTER_PORT"] = "0"  # an inherited port belongs to some other group
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if local_rank_arg is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(local_rank_arg)

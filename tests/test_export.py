@@ -40,12 +40,24 @@ def process_group():
     import deepspeed
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+    keys = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    saved = {key: os.environ.get(key) for key in keys}
+    created = not dist.is_initialized()
+    if created:
+        for key, value in keys.items():
             os.environ.setdefault(key, value)
         deepspeed.init_distributed(dist_backend="gloo")
     yield
+    # Leave no launcher variables (and no bound store port) behind: later tests start training
+    # subprocesses that would inherit them and try to bind the same port.
+    if created:
+        dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

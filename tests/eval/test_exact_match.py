@@ -47,7 +47,9 @@ def _train_answer_only(model, tokenizer, path, steps: int = 300) -> float:
     dataset = JsonlTaskDataset(str(path), tokenizer, seq_len=64, seed=0)
     batch = collate([dataset[i] for i in range(dataset.num_examples)], tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    model.train()
+    # Dropout off: the fit must not depend on the dropout draws (they differ with the number of
+    # threads), only on the data and the answer-only loss.
+    model.eval()
     for _ in range(steps):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = training_loss("answer_only", token_cross_entropy(logits, batch["labels"]),

@@ -30,9 +30,16 @@ def command(nproc: int, overrides: list[str], config: str = QUICKSTART) -> list[
             "--master_port", str(free_port()), TRAIN, "--config", config, *overrides]
 
 
+# Set by a launcher for its workers; a test process that made its own process group must not
+# hand them to the jobs it starts (they would try to join or bind that group's port).
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                      "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "CROSS_RANK", "CROSS_SIZE")
+
+
 def env(**extra) -> dict:
     """Environment for a training subprocess."""
-    out = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    out = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    out.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
     return out
 
 
