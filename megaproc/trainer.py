@@ -78,6 +78,7 @@ class Trainer:
         self.exit_code = 0
         self.stop_reason: str | None = None
         self.source = None
+        self._source_closed = False
         self.hooks = Hooks()
         resolve_grad_accum(cfg, self.world_size)
         resolve_classify_plan(cfg, self.world_size)
@@ -267,8 +268,9 @@ class Trainer:
         """Close hooks (loggers, progress bars) and the batch source; safe to call twice."""
         self.hooks.close()
         self.hooks = Hooks()
-        if self.source is not None:
+        if self.source is not None and not self._source_closed:
             self.source.close()
+            self._source_closed = True
 
     # ----------------------------------------------------------------- checkpoints
     def geometry(self) -> dict:
