@@ -242,7 +242,7 @@ def check_split_settings(split_dir: str, generator: GraphSearchGenerator, log) -
     with open(meta_path, encoding="utf-8") as handle:
         saved = json.load(handle).get("generator", {})
     current = generator.config()
-    keys = ("max_input_size", "max_lookahead", "seed", "natural_language")
+    keys = ("generator_version", "max_input_size", "max_lookahead", "seed", "natural_language")
     changed = [k for k in keys if k in saved and saved[k] != current[k]]
     if changed:
         detail = ", ".join(f"{k}={saved[k]!r} (run: {current[k]!r})" for k in changed)
