@@ -114,8 +114,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     grad_clip: float = 1.0
     # "mean": token-mean cross entropy; "weighted": answer tokens up-weighted;
-    # "answer_only": cross entropy on answer tokens only (prompt/answer data).
-    loss: Literal["mean", "weighted", "answer_only"] = "mean"
+    # "answer_only": cross entropy on the answer tokens and their eos (prompt/answer data);
+    # "answer_word": on the answer's own tokens only (the symbolic graph-search task).
+    loss: Literal["mean", "weighted", "answer_only", "answer_word"] = "mean"
     # Peak FLOP/s per device for the logged ``mfu`` (default: the GPU's known bf16 peak).
     peak_flops: Optional[float] = None
 

@@ -239,8 +239,9 @@ class Trainer:
             answer = batch["answer_mask"].to(self.device)
             example_id, primary = batch.get("example_id"), batch.get("primary")
             per_token = token_cross_entropy(logits, labels)
-            loss = training_loss(self.cfg.train.loss, per_token, labels, answer, example_id, primary)
-            mask = training_mask(self.cfg.train.loss, labels, answer, primary)
+            loss = training_loss(self.cfg.train.loss, per_token, labels, answer, example_id, primary,
+                                 batch.get("word_mask"))
+            mask = training_mask(self.cfg.train.loss, labels, answer, primary, batch.get("word_mask"))
         loss = self.hooks.on_loss(self, batch, logits, per_token, loss)
         self.meter.add(per_token, mask, batch["source"])
         return loss

@@ -5,8 +5,10 @@ A *sample* is a dict produced by a dataset's ``__getitem__``:
 - ``tokens``: 1-D integer array of at most ``seq_len + 1`` token ids (inputs are
   ``tokens[:-1]``, labels ``tokens[1:]``);
 - ``source`` (optional, default 0): integer id of the blend source it came from;
-- ``answer_mask`` (optional): 1-D bool array aligned with ``tokens``; True marks answer
-  tokens (used by the weighted loss and the curriculum accuracy).
+- ``answer_mask`` (optional): 1-D bool array aligned with ``tokens``; True marks the answer
+  tokens and the eos after them (what ``answer_only`` trains);
+- ``word_mask`` (optional): the answer's own tokens, without that eos (what ``weighted``
+  up-weights and what correctness checks); ``answer_mask`` when absent.
 
 :func:`collate` turns a list of samples into model-ready tensors, padding short samples.
 """
@@ -23,7 +25,8 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
     """Stack samples into a batch.
 
     Returns ``input_ids`` [B, T], ``labels`` [B, T] (``IGNORE_INDEX`` on padding),
-    ``attention_mask`` [B, T], ``source`` [B] and ``answer_mask`` [B, T] (aligned with labels).
+    ``attention_mask`` [B, T], ``source`` [B], ``answer_mask`` and ``word_mask`` [B, T] (aligned
+    with labels).
     ``T`` is ``pad_to - 1`` when given, else the longest sample minus one.
     """
     lengths = [len(s["tokens"]) for s in samples]
@@ -33,6 +36,7 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
     labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
     attention = np.zeros((batch, width), dtype=np.int64)
     answer = np.zeros((batch, width), dtype=bool)
+    word = np.zeros((batch, width), dtype=bool)
     sources = np.zeros(batch, dtype=np.int64)
     for row, sample in enumerate(samples):
         tokens = np.asarray(sample["tokens"], dtype=np.int64)
@@ -44,12 +48,15 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
         attention[row, :n] = 1
         if "answer_mask" in sample:
             answer[row, :n] = np.asarray(sample["answer_mask"], dtype=bool)[1:]
+        if "word_mask" in sample or "answer_mask" in sample:
+            word[row, :n] = np.asarray(sample.get("word_mask", sample.get("answer_mask")), dtype=bool)[1:]
         sources[row] = int(sample.get("source", 0))
     return {
         "input_ids": torch.from_numpy(input_ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(attention),
         "answer_mask": torch.from_numpy(answer),
+        "word_mask": torch.from_numpy(word),
         "source": torch.from_numpy(sources),
     }
 

@@ -45,10 +45,12 @@ def _answer_text(record: dict, answer_key: str | None):
 
 
 class JsonlTaskDataset:
-    """Tokenized prompt/answer examples; items are ``{"tokens", "answer_mask", "length"}``.
+    """Tokenized prompt/answer examples; items are ``{"tokens", "answer_mask", "word_mask",
+    "length"}``.
 
     ``tokens`` is ``[bos] + prompt ids + answer ids + [eos]`` (bos/eos only when the tokenizer
-    defines them) as int64; ``answer_mask`` is True on the answer tokens and the eos.
+    defines them) as int64; ``answer_mask`` is True on the answer tokens and the eos,
+    ``word_mask`` on the answer tokens only.
     ``num_samples`` sets ``len()`` (default: one pass over the kept examples); any
     non-negative index is valid, later passes use new permutations.
     """
@@ -221,9 +223,12 @@ class JsonlTaskDataset:
         tokens = np.asarray(head + prompt_ids + answer_ids + tail, dtype=np.int64)
         if len(tokens) != int(self.lengths[example]):
             raise RuntimeError(f"{self.path} changed since it was loaded (example {example})")
+        answer_start = len(head) + len(prompt_ids)
         mask = np.zeros(len(tokens), dtype=bool)
-        mask[len(head) + len(prompt_ids):] = True
-        return {"tokens": tokens, "answer_mask": mask, "length": len(tokens)}
+        mask[answer_start:] = True
+        word = np.zeros(len(tokens), dtype=bool)
+        word[answer_start:answer_start + len(answer_ids)] = True
+        return {"tokens": tokens, "answer_mask": mask, "word_mask": word, "length": len(tokens)}
 
     def __repr__(self) -> str:
         return (f"JsonlTaskDataset({self.path!r}, examples={self.num_examples}, "

@@ -80,8 +80,9 @@ def ends_in_word_character(text: str) -> bool:
 
 
 def collate_task(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict:
-    """:func:`megaproc.data.batch.collate` plus ``word_mask`` and ``boundary_mask`` [B, T]
-    aligned with the labels, and ``example_id``/``primary`` [B] (which example a row answers).
+    """:func:`megaproc.data.batch.collate` (which carries ``word_mask``) plus ``boundary_mask``
+    [B, T] aligned with the labels, and ``example_id``/``primary`` [B] (which example a row
+    answers).
 
     Without ``pad_to`` the batch is as wide as its longest sample (padding never changes the
     loss or the predictions of real positions: attention is causal and pads are ignored).
@@ -91,10 +92,9 @@ def collate_task(samples: list[dict], pad_id: int, pad_to: int | None = None) ->
     # output_texts[0]); a sample without them is its own example.
     batch["example_id"] = torch.tensor([int(s.get("example_id", row)) for row, s in enumerate(samples)])
     batch["primary"] = torch.tensor([bool(s.get("primary", True)) for s in samples])
-    for key in ("word_mask", "boundary_mask"):
-        out = torch.zeros_like(batch["answer_mask"])
-        for row, sample in enumerate(samples):
-            mask = np.asarray(sample[key], dtype=bool)[1:]
-            out[row, :len(mask)] = torch.from_numpy(mask)
-        batch[key] = out
+    boundary = torch.zeros_like(batch["answer_mask"])
+    for row, sample in enumerate(samples):
+        mask = np.asarray(sample["boundary_mask"], dtype=bool)[1:]
+        boundary[row, :len(mask)] = torch.from_numpy(mask)
+    batch["boundary_mask"] = boundary
     return batch

@@ -46,9 +46,10 @@ class LMMetrics:
 
 @torch.no_grad()
 def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True,
-               answer_only: bool = False) -> dict:
+               mask_key: str | None = None) -> dict:
     """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``
-    (over the answer tokens only with ``answer_only``, as ``train.loss: answer_only`` trains).
+    (over the tokens of ``batch[mask_key]`` only when given, e.g. ``"answer_mask"`` for what
+    ``train.loss: answer_only`` trains).
 
     With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
     are collective).
@@ -57,5 +58,5 @@ def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: b
     for batch in batches:
         logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         metrics.add(logits, batch["labels"].to(device),
-                    batch["answer_mask"] if answer_only else None)
+                    batch[mask_key] if mask_key else None)
     return metrics.result(reduce=reduce)

@@ -67,11 +67,11 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, hf_config,
         context = context_length(SimpleNamespace(config=hf_config))
         hooks.append(BenchmarkEvalHook(cfg.eval, run_dir, tokenizer, context, rank, world_size))
     if valid_dataset is not None:
-        from megaproc.hooks.validation import ValidationHook
+        from megaproc.hooks.validation import VALIDATION_MASK, ValidationHook
 
         hooks.append(ValidationHook(cfg.eval, run_dir, valid_dataset, cfg.train.micro_batch,
                                     cfg.train.seq_len, pad_id, rank, world_size,
-                                    answer_only=cfg.train.loss == "answer_only"))
+                                    mask_key=VALIDATION_MASK.get(cfg.train.loss)))
     hooks += [LoggingHook(cfg.log, run_dir, cfg.train.max_steps), CheckpointHook(cfg.checkpoint),
               PreemptionHook()]
     return hooks

@@ -4,7 +4,8 @@ Rank ``r`` evaluates its slice of each global validation batch (the same slicing
 :func:`~megaproc.data.batch.rank_sample_indices`), so every rank runs the same number of
 forwards (collective under ZeRO-3); the sums are all-reduced by :mod:`megaproc.eval.lm`.
 Records go to ``logs/eval.jsonl`` as ``step, val_loss, val_ppl, val_token_acc, num_tokens``
-(over the answer tokens with ``train.loss: answer_only``, the tokens that train).
+(over the tokens that train with ``train.loss: answer_only`` or ``answer_word``:
+:data:`VALIDATION_MASK`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from megaproc.eval.lm import lm_metrics
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 
+# The batch mask validation averages over for a ``train.loss`` that trains only some tokens.
+VALIDATION_MASK = {"answer_only": "answer_mask", "answer_word": "word_mask"}
+
 
 class ValidationHook(Hook):
     """Validation metrics on ``eval.max_batches`` global batches of the validation dataset."""
@@ -26,9 +30,9 @@ class ValidationHook(Hook):
     priority = 50
 
     def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
-                 pad_id: int, rank: int, world_size: int, answer_only: bool = False):
+                 pad_id: int, rank: int, world_size: int, mask_key: str | None = None):
         self.cfg = eval_cfg
-        self.answer_only = answer_only
+        self.mask_key = mask_key
         self.log = EvalLog(run_dir)
         self.dataset = dataset
         self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
@@ -50,7 +54,7 @@ class ValidationHook(Hook):
         engine.eval()
         try:
             metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
-                                 self.batches(), trainer.device, answer_only=self.answer_only)
+                                 self.batches(), trainer.device, mask_key=self.mask_key)
         finally:
             engine.train()
         return self.log.write(trainer, metrics)

@@ -49,3 +49,43 @@ def test_training_loss_kinds_from_batch_masks():
     no_answer = torch.zeros_like(answer)
     assert training_loss("answer_only", per_token, labels, no_answer).item() == 0.0
     assert training_mask("answer_only", labels, answer).tolist() == [[False, False, True, False]]
+
+
+def test_weighted_up_weights_the_answer_word_not_the_eos_after_it():
+    """The eos after the answer is an ordinary token for ``weighted`` (weight 1), while
+    ``answer_only`` still trains it (a model must learn to stop)."""
+    labels = torch.tensor([[5, 6, 7, 8, 0]])              # ... answer tokens 7, 8 then eos 0
+    answer = torch.tensor([[False, False, True, True, True]])   # answer + eos
+    word = torch.tensor([[False, False, True, True, False]])    # answer only
+    per_token = torch.tensor([[1.0, 2.0, 4.0, 8.0, 16.0]])
+    w = 1 + 5 / 2                                        # 5 label tokens, 2 answer tokens
+    expected = (1 + 2 + w * (4 + 8) + 16) / (3 + 2 * w)
+    got = training_loss("weighted", per_token, labels, answer, word_mask=word)
+    assert got.item() == pytest.approx(expected)
+    assert training_loss("answer_only", per_token, labels, answer, word_mask=word).item() == \
+        pytest.approx((4 + 8 + 16) / 3)
+    # answer_word trains the answer's tokens only, and logs exactly those.
+    assert training_loss("answer_word", per_token, labels, answer, word_mask=word).item() == \
+        pytest.approx((4 + 8) / 2)
+    assert training_mask("answer_word", labels, answer, word_mask=word).tolist() == word.tolist()
+
+
+def test_batches_carry_the_word_mask_of_task_and_mixin_samples(tmp_path, tokenizer):
+    """Live task samples and JSONL mixin samples both mark the answer without its eos."""
+    import json
+
+    from megaproc.data.batch import collate
+    from megaproc.data.mixin import JsonlTaskDataset
+    from megaproc.data.task_encoding import TaskEncoder, collate_task
+
+    tok = tokenizer
+    path = tmp_path / "mix.jsonl"
+    path.write_text(json.dumps({"prompt": "a b c", "output_texts": [" d e"]}) + "\n")
+    mixin = JsonlTaskDataset(str(path), tok, seq_len=64)[0]
+    task = TaskEncoder(tok).encode_pairs([("a b c", " d e")])[0]
+    for batch in (collate([mixin], tok.pad_token_id), collate_task([task], tok.pad_token_id)):
+        answer, word = batch["answer_mask"][0], batch["word_mask"][0]
+        labels = batch["labels"][0]
+        assert answer.sum() == word.sum() + 1                 # the eos
+        assert labels[answer & ~word].tolist() == [tok.eos_token_id]
+        assert word.sum() == len(tok(" d e", add_special_tokens=False)["input_ids"])
