@@ -27,6 +27,10 @@ def test_window_accuracy_gates_the_stage_advance(tmp_path):
                                                       "train.micro_batch", "train.grad_accum"))]
     proc = run(1, overrides + [
         f"run.out_dir={out}", f"task.splits_dir={splits}", "train.max_steps=200",
+        # a smaller setting than the recipe's: two stages of n=20, 2 layers, micro-batch 8
+        "task.max_input_size=20", "task.max_lookahead=2", "train.micro_batch=8",
+        "train.grad_accum=1", "optim.lr=3e-3",
+        "model.config_overrides=num_hidden_layers=2,num_attention_heads=8,rotary_pct=1.0",
         "checkpoint.save_every=0", "curriculum.curr_threshold=0.7", "curriculum.curr_window=64",
         "curriculum.curr_check_every=5", "curriculum.eval_subset_size=64"], config=PPTRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
