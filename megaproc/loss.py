@@ -16,10 +16,10 @@ Training losses (``train.loss``):
     The answer tokens then carry ``P + N`` of the ``2N`` total weight, at least half of the
     gradient however short the answer is.  The answer tokens are the answer's own tokens
     (the batch's ``word_mask``); the eos after the answer trains with weight 1 like the prompt.
-    Up-weighting that eos as well (it is learned in a few steps) measurably slowed learning
-    the answers: on symbolic graph search (n = 26, a 4-layer width-128 model, batch 64) the
-    held-out accuracy on lookahead-0 examples stayed at 0.35 for 800 steps with it and reached
-    0.65 within 200 steps without it.
+    Up-weighting that eos as well slowed learning the answers (on the symbolic task it
+    contradicts the next-vertex targets, see ``answer_word``): on symbolic graph search
+    (n = 26, a 4-layer width-128 model, batch 64) the held-out accuracy on lookahead-0
+    examples stayed at 0.35 for 800 steps with it and reached 0.65 within 200 steps without it.
 ``answer_only``
     token-mean cross entropy over the answer tokens and the eos after them (prompt/answer data
     such as DeepMind Mathematics, whose generations must learn to stop); a micro-batch without

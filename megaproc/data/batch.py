@@ -48,8 +48,9 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
         attention[row, :n] = 1
         if "answer_mask" in sample:
             answer[row, :n] = np.asarray(sample["answer_mask"], dtype=bool)[1:]
-        if "word_mask" in sample or "answer_mask" in sample:
-            word[row, :n] = np.asarray(sample.get("word_mask", sample.get("answer_mask")), dtype=bool)[1:]
+        word_mask = sample.get("word_mask", sample.get("answer_mask"))
+        if word_mask is not None:
+            word[row, :n] = np.asarray(word_mask, dtype=bool)[1:]
         sources[row] = int(sample.get("source", 0))
     return {
         "input_ids": torch.from_numpy(input_ids),
