@@ -24,7 +24,10 @@ Logs and state
     On log steps ``train.jsonl`` gets ``curr_acc`` (window accuracy, None while empty),
     ``stage`` and ``alpha`` of the step just trained (the hook runs before the logging hook).
     ``logs/eval.jsonl`` gets ``step, stage, alpha, heldout_acc, heldout_loss, num_examples,
-    timestamp`` (+ ``event``, ``num_dropped``).  The checkpoint holds the stage, the window
+    timestamp`` (+ ``event``, ``num_dropped``); an ``advance`` or ``completed`` record also has
+    ``passed_stage``, the stage whose window just reached the threshold (``completed`` is the
+    pass of the last stage: the original script's stage moving past ``max_lookahead``), so a
+    curriculum of ``S`` stages that ends on its own writes ``S`` records with ``passed_stage``.  The checkpoint holds the stage, the window
     and the completion flag; the source's state holds the generator index, so a resume
     continues exactly.
 """
@@ -114,7 +117,7 @@ class CurriculumHook(Hook):
             self.completed = True
             log.info(f"curriculum: window accuracy {accuracy:.3f} >= {self.threshold} "
                      f"at step {trainer.step}: last stage {self.stage} passed, training ends")
-            self._evaluate(trainer, "completed")
+            self._evaluate(trainer, "completed", passed_stage=self.stage)
             trainer.request_stop("curriculum completed")
             return
         self.stage += 1
@@ -122,12 +125,13 @@ class CurriculumHook(Hook):
             self.source.set_stage(self.stage)
         log.info(f"curriculum: window accuracy {accuracy:.3f} >= {self.threshold} at "
                  f"step {trainer.step}: stage {self.stage - 1} -> {self.stage} (alpha {self.alpha:.4f})")
-        self._evaluate(trainer, "advance")
+        self._evaluate(trainer, "advance", passed_stage=self.stage - 1)
 
-    def _evaluate(self, trainer, event: str) -> None:
+    def _evaluate(self, trainer, event: str, **fields) -> None:
         if self.heldout is None:
             return
-        record = self.heldout.record(trainer, stage=self.stage, alpha=self.alpha, event=event)
+        record = self.heldout.record(trainer, stage=self.stage, alpha=self.alpha, event=event,
+                                     **fields)
         if record is not None and record["heldout_acc"] is not None:
             log.info(f"held-out eval at step {trainer.step} (stage {self.stage}): "
                      f"acc {record['heldout_acc']:.4f}, answer loss {record['heldout_loss']:.4f} "

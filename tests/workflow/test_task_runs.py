@@ -84,6 +84,7 @@ def test_curriculum_advances_on_schedule_and_ends_after_the_last_stage(runs):
     evals = read_jsonl(runs["straight"] / "logs" / "eval.jsonl")
     assert [(e["step"], e["stage"], e["event"]) for e in evals] == \
         [(0, 1, "start"), (4, 2, "advance"), (8, 3, "advance"), (12, 3, "completed")]
+    assert [e.get("passed_stage") for e in evals] == [None, 1, 2, 3]     # all three stages passed
     for e in evals:
         assert e["num_examples"] + e["num_dropped"] == 16 and 0.0 <= e["heldout_acc"] <= 1.0
         assert e["heldout_loss"] > 0 and e["alpha"] == pytest.approx(e["stage"] / 3)
