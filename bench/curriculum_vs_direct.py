@@ -18,7 +18,7 @@ Both start from the same seed.  Held-out splits come from ``python -m data_tools
 on ``test.jsonl`` per lookahead with ``python -m megaproc.evaluate``.  Prints one JSON object:
 the settings, and per run the steps trained, the wall time, the stage over steps (from
 ``logs/train.jsonl``), the held-out evaluations of ``logs/eval.jsonl`` and the test accuracy by
-lookahead.
+lookahead, and their ratios curriculum / direct (``curriculum_over_direct``).
 
     python bench/curriculum_vs_direct.py [--max-input-size 26 --max-lookahead 3 --steps 3000]
                                          [--micro-batch 64] [--out-dir DIR] [KEY=VALUE ...]
@@ -153,6 +153,19 @@ def resolved_settings(run_dir: Path) -> dict:
                                                     "curr_check_every", "curr_threshold")}}
 
 
+def ratios(curriculum: dict, direct: dict) -> dict:
+    """Curriculum over direct (the baseline of the same run): test accuracy per lookahead and
+    overall, and wall time (``None`` where the direct value is 0)."""
+    def ratio(a, b):
+        return None if a is None or not b else round(a / b, 4)
+
+    acc_c = curriculum["test_accuracy_by_lookahead"]
+    acc_d = direct["test_accuracy_by_lookahead"]
+    return {"test_accuracy": {k: ratio(acc_c[k]["accuracy"], acc_d[k]["accuracy"])
+                              for k in acc_c if k in acc_d},
+            "wall_s": ratio(curriculum.get("wall_s"), direct.get("wall_s"))}
+
+
 def summarize(name: str, out: Path, split_dir: Path, timing: dict) -> dict:
     run_dir = out / name
     train_log = read_jsonl(run_dir / "logs" / "train.jsonl")
@@ -220,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         "processes": 1, "micro_batch": args.micro_batch,
                         "test_examples": args.test_size},
             "runs": runs,
+            "curriculum_over_direct": ratios(runs["curriculum"], runs["direct"]),
             "wall_s": round(time.perf_counter() - begin, 1),
             "out_dir": str(out),
         }
