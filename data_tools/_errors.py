@@ -1,27 +1,18 @@
-"""Error type and command-line error handling shared by the data tools."""
+"""The data tools' error type (a :class:`megaproc.errors.UserError`) and their CLI wrapper."""
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
-EXIT_ERROR = 1
+from megaproc.errors import UserError, run_cli as _run_cli
 
 
-class DataToolError(Exception):
+class DataToolError(UserError):
     """A user-facing failure; its message is one line naming the file (and line) at fault."""
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str = "") -> int:
-    """Run ``main(argv)``; print known failures as one ``error:`` line and return a non-zero code."""
-    from megaproc.data.indexed import IndexedDatasetError  # not imported by tokenizer workers
-
-    try:
-        return main(argv)
-    except (DataToolError, IndexedDatasetError, OSError) as exc:
-        message = " ".join(str(exc).split("\n"))
-        print(f"{prog or 'data_tools'}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog or 'data_tools'}: interrupted", file=sys.stderr)
-        return 130
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+            prog: str = "") -> int:
+    """Run ``main(argv)``: a user error or an ``OSError`` (missing, unreadable or corrupt files)
+    is one ``PROG: error: ...`` line and exit code 2 (:func:`megaproc.errors.run_cli`)."""
+    return _run_cli(main, argv, prog=prog or "data_tools", also=(OSError,))

@@ -1,36 +1,55 @@
-"""Turn expected user errors into one clear line on stderr and a non-zero exit."""
+"""User errors: one base class, and the one command-line wrapper that prints them as one line.
+
+Every subsystem's bad-input error (a config key, a resume with changed settings, a missing
+tokenizer, a corrupt indexed file, a malformed evaluation row, ...) subclasses
+:class:`UserError`.  Commands run their ``main`` through :func:`run_cli`, which turns a user
+error into ``error: <first line of the message>`` on stderr (rank 0 only under a launcher) and
+the error's exit code (2 unless the class says otherwise); anything else is a bug and keeps its
+traceback.
+
+This module is a leaf: it imports nothing of megaproc.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Callable, ClassVar
 
 USER_ERROR_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Bad input to megaproc; the message says what and where in one line."""
+
+    exit_code: ClassVar[int] = USER_ERROR_EXIT_CODE
+
+
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the offending key."""
 
 
-def user_error_types() -> tuple:
-    """Exception types that describe bad input rather than a bug."""
-    from megaproc.checkpoint import ResumeError
-    from megaproc.tokenizer import TokenizerError
-
-    types = [ConfigError, ResumeError, TokenizerError, FileNotFoundError]
-    from megaproc.data.indexed import IndexedDatasetError
-    from megaproc.synthetic.boolean import BooleanDataError
-
-    types += [IndexedDatasetError, BooleanDataError]
-    return tuple(types)
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` folded onto one line (its class name when empty)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
-def run_with_clear_errors(fn, *args) -> int:
-    """Call ``fn``; on a user error print ``error: ...`` once (rank 0) and return 2."""
+def run_cli(main: Callable[..., int | None], *args, prog: str = "",
+            also: tuple[type[BaseException], ...] = (FileNotFoundError,)) -> int:
+    """Call ``main(*args)`` and return its exit code; a :class:`UserError` (or one of ``also``,
+    e.g. ``OSError`` for file tools) becomes one ``error:`` line and the error's exit code.
+
+    Under a launcher only global rank 0 prints (every rank raises the same error).
+    """
     try:
-        return int(fn(*args) or 0)
-    except user_error_types() as exc:
+        return int(main(*args) or 0)
+    except (UserError, *also) as exc:
         if os.environ.get("RANK", "0") == "0":
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            print(f"error: {message}", file=sys.stderr, flush=True)
-        return USER_ERROR_EXIT_CODE
+            head = f"{prog}: error" if prog else "error"
+            print(f"{head}: {one_line(exc)}", file=sys.stderr, flush=True)
+        return int(getattr(exc, "exit_code", USER_ERROR_EXIT_CODE))
+    except KeyboardInterrupt:
+        print(f"{prog or 'megaproc'}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE

@@ -56,11 +56,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from megaproc.errors import UserError
 
 USAGE_ERROR = 2
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError, ValueError):
     """Bad input to the evaluation command (reported as one line)."""
 
 
@@ -343,15 +344,12 @@ def run(args) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prints the result as JSON; one-line error and exit code 2 on bad input."""
     args = build_parser().parse_args(argv)
-    from megaproc.checkpoint import CheckpointError
-    from megaproc.errors import user_error_types
-
     try:
         # Library chatter must not mix with the JSON; no_grad (not a global switch) so that
         # calling main() in a process leaves autograd as it was.
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
             result = run(args)
-    except (EvaluateError, CheckpointError, ValueError, OSError, *user_error_types()) as exc:
+    except (UserError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return USAGE_ERROR

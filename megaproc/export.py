@@ -33,6 +33,7 @@ import torch
 
 from megaproc.checkpoint.model import (CheckpointError, check_checkpoint_dir,
                                        load_checkpoint_model, load_checkpoint_tokenizer)
+from megaproc.errors import run_cli
 
 # Export errors are checkpoint errors (one line saying why); the old name stays importable.
 ExportError = CheckpointError
@@ -114,17 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns 0 on success and 1 (after a one-line error) on failure."""
+    """Entry point; prints the export directory, or one ``error:`` line and exits 2."""
     args = build_parser().parse_args(argv)
-    try:
-        out = export_checkpoint(args.ckpt_dir, args.out_dir, overwrite=args.overwrite,
-                                dtype=_DTYPES[args.dtype])
-    except (ExportError, OSError, ValueError, RuntimeError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
+
+    def export() -> int:
+        print(export_checkpoint(args.ckpt_dir, args.out_dir, overwrite=args.overwrite,
+                                dtype=_DTYPES[args.dtype]))
+        return 0
+
+    return run_cli(export, also=(OSError, ValueError))
 
 
 if __name__ == "__main__":

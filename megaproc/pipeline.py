@@ -30,12 +30,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from megaproc.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE = "PIPELINE_COMPLETE"
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A pipeline step failed (the message names the step and its log)."""
 
 

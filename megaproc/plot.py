@@ -29,13 +29,14 @@ import os
 import sys
 from pathlib import Path
 from typing import Sequence
+from megaproc.errors import UserError
 
 USAGE_ERROR = 2
 VALIDATION_KEYS = ("val_loss", "val_ppl", "val_token_acc")
 BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "ewok_mean_accuracy")
 
 
-class PlotError(ValueError):
+class PlotError(UserError, ValueError):
     """The directory is not a run directory (reported as one line)."""
 
 

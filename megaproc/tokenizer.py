@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
+from megaproc.errors import UserError
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """The tokenizer path is missing or unreadable."""
 
 

@@ -9,7 +9,7 @@ import sys
 if __package__ in (None, ""):  # run as a script by a launcher: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megaproc.errors import run_with_clear_errors  # noqa: E402
+from megaproc.errors import run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def run(argv=None) -> int:
 
 def main(argv=None) -> None:
     """Console entry point."""
-    sys.exit(run_with_clear_errors(run, argv))
+    sys.exit(run_cli(run, argv))
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_command_line_refusal_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "megaproc.export", str(tmp_path / "ckpt"),
                            str(tmp_path / "out")], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "COMPLETE" in proc.stderr
 
 

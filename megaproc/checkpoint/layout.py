@@ -30,13 +30,14 @@ import os
 import re
 import shutil
 from pathlib import Path
+from megaproc.errors import UserError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "COMPLETE"
 TMP_PREFIX, OLD_PREFIX, DELETING_PREFIX = ".tmp_", ".old_", ".deleting_"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A checkpoint cannot be found or resumed with the current settings."""
 
 

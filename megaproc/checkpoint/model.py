@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from megaproc.checkpoint.layout import COMPLETE_MARKER
+from megaproc.errors import UserError
 
 DS_TAG = "ds"
 ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -21,7 +22,7 @@ ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
 _KEY_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint's model cannot be read; the message is one line saying why."""
 
 

@@ -27,6 +27,7 @@ import struct
 import uuid
 
 import numpy as np
+from megaproc.errors import UserError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -42,7 +43,7 @@ _COPY_CHUNK = 16 * 1024 * 1024
 _POINTER_CHUNK = 1 << 20  # sequences per chunk when writing pointers
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(UserError, ValueError):
     """A malformed or inconsistent ``.idx``/``.bin`` pair; the one-line message names the file."""
 
 

@@ -45,6 +45,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Optional
+from megaproc.errors import UserError
 
 BINARY = "01"
 DECIMAL = "0123456789"
@@ -56,7 +57,7 @@ FIXED_POSITION_SEED = 42
 ENUMERATE_LIMIT = 1 << 16
 
 
-class BooleanDataError(ValueError):
+class BooleanDataError(UserError, ValueError):
     """A target function or data set that cannot be made as requested (one-line message)."""
 
 

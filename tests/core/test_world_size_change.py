@@ -245,7 +245,7 @@ def test_graph_search_task_refuses_a_world_size_change(tmp_path):
 # ----------------------------------------------------------------------------- training script
 def _main() -> int:
     """The trainer (as ``megaproc/train.py``) plus :class:`Recorder`."""
-    from megaproc.errors import run_with_clear_errors
+    from megaproc.errors import run_cli
 
     def train(argv):
         from megaproc import distributed as dist_utils
@@ -264,7 +264,7 @@ def _main() -> int:
         finally:
             trainer.close()
 
-    return run_with_clear_errors(train, sys.argv[1:])
+    return run_cli(train, sys.argv[1:])
 
 
 def _recorder(record: Path):

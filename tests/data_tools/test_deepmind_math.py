@@ -118,5 +118,5 @@ def test_cli_help_and_one_line_errors(tmp_path):
                            "split directory not found"),
                           (["--input", str(raw), "--splits", "train-tiny"], "unknown split")):
         bad = _cli(*args, "--out-dir", str(tmp_path / "o2"))
-        assert bad.returncode == 1, bad.stderr
+        assert bad.returncode == 2, bad.stderr
         assert bad.stderr.count("\n") == 1 and "error:" in bad.stderr and message in bad.stderr
