@@ -10,12 +10,16 @@ setup(
     python_requires=">=3.10",
     # torch is installed by scripts/setup_env.sh first (CPU 2.13.0 here, an existing CUDA build
     # elsewhere is kept); the range below is satisfied by either, so pip installs nothing more.
+    # The floors are what the code needs: transformers 5's config API (RoPE settings live in
+    # ``rope_parameters``; a 4.x install would silently drop them from the presets), DeepSpeed
+    # 0.19's universal-checkpoint loaders (re-sharding repairs are written against 0.19.8).
     install_requires=[
-        "torch>=2.1",
-        "deepspeed>=0.15",
-        "transformers>=4.45",
+        "torch>=2.4",
+        "deepspeed>=0.19",
+        "transformers>=5.0,<6",
         "tokenizers>=0.19",
         "sentencepiece",
+        "protobuf",                 # sentencepiece .model -> fast tokenizer conversion
         "datasets>=2.18",
         "numpy>=1.24",
         "pyyaml>=6",

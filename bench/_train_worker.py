@@ -43,7 +43,7 @@ class StepTimer(Hook):
         self.warmup, self.steps = warmup, steps
         self.start = self.end = 0.0
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         if trainer.step in (self.warmup, self.warmup + self.steps):
             dist_utils.barrier()
             now = time.perf_counter()
@@ -67,11 +67,11 @@ def _batches(cfg, tokenizer):
     """The same data the trainer would see (built-in corpus), as collated micro-batches."""
     from megaproc.data.batch import collate, rank_sample_indices
     from megaproc.data.build import build_train_valid
-    from megaproc.data.run_sources import resolved_data_config
+    from megaproc.runs import resolve
     from megaproc.tokenizer import pad_id
 
     t, world = cfg.train, dist_utils.world_size()
-    train, _, _ = build_train_valid(resolved_data_config(cfg), tokenizer, t.seq_len, cfg.run.seed,
+    train, _, _ = build_train_valid(resolve(cfg, world).data, tokenizer, t.seq_len, cfg.run.seed,
                                     t.max_steps * t.micro_batch * t.grad_accum * world, 1)
     consumed = 0
     while True:

@@ -143,7 +143,8 @@ def write_sparse_corpus(prefix: str, docs: int) -> dict:
 # ----------------------------------------------------------------------------- our side
 def child_ours(args) -> dict:
     """Runs in a fresh process: one measurement of megaproc's GPTDataset."""
-    from megaproc.data import GPTDataset, IndexedDataset
+    from megaproc.data.gpt_dataset import GPTDataset
+    from megaproc.data.indexed import IndexedDataset
 
     if args.child == "build":
         before = vm_rss_mb()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from megaproc.errors import UserError, run_cli as _run_cli
+from megaproc.errors import UserError
+from megaproc.errors import run_cli as _run_cli
 
 
 class DataToolError(UserError):

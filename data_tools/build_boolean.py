@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from megaproc.synthetic.boolean import FUNCTION_NAMES, TARGET_FUNCTIONS, BooleanDataError
-from megaproc.synthetic.boolean_data import make_splits, write_splits
+from megaproc.synthetic.boolean_data import make_splits, replacement_note, write_splits
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         out = write_splits(splits, args.out_dir)
     except (BooleanDataError, OSError) as error:
         parser.error(" ".join(str(error).split()))
+    note = replacement_note(args.target_func, args.sequence_length, args.train_set_size,
+                            args.test_set_size)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {out}: train {len(splits.train)}, test {len(splits.test)} "
           f"({args.target_func}, L={args.sequence_length}, derived seed {splits.derived_seed})")
     return 0

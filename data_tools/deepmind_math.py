@@ -14,7 +14,7 @@ Output: one ``<split>.jsonl`` per split found (or requested), one object per lin
 
 Prompt/answer boundary: the prompt is the question followed by one newline (the separator,
 ``--separator``); the answer is the answer line, both stripped of surrounding whitespace.
-This is the layout :class:`megaproc.data.mixin.JsonlTaskDataset` reads (``prompt`` and
+This is the layout :class:`megaproc.data.prompt_answer.PromptAnswerDataset` reads (``prompt`` and
 ``answer`` tokenized separately, ``[bos] + prompt + answer + [eos]``, ``answer_mask`` on the
 answer tokens and the eos), so a converted file trains with ``train.loss: answer_only`` as it
 is, and :mod:`megaproc.eval.exact_match` decodes greedily after the same ``[bos] + prompt``

@@ -4,7 +4,7 @@
         --sequence_length 50 --train_set_size 200 --test_set_size 10000 --batch_size 20 \\
         --n_epochs 200 --lr 1e-5 --eta_min 1e-6 --precision bf16 --device cuda [a.b=value ...]
 
-translates the seed's flags (table in :mod:`megaproc.classify_aliases`) into dotted overrides of
+translates the seed's flags (table in :mod:`megaproc.seed_compat.classify_flags`) into dotted overrides of
 ``configs/classify/base.yaml`` (``--config`` picks another recipe), checks them like the trainer
 does, writes ``DIR/config.json`` (the flags as given, the overrides and the command) and then
 replaces itself with ``python megaproc/train.py --config RECIPE overrides... run.out_dir=DIR``.
@@ -19,7 +19,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from megaproc.errors import USER_ERROR_EXIT_CODE, ConfigError
+from megaproc.config import load_config
+from megaproc.errors import ConfigError, run_cli
+from megaproc.files import REPO_ROOT
+from megaproc.runs import resolve
+from megaproc.seed_compat.classify_flags import BASE_RECIPE, SEED_FLAGS, parse_flag_list, translate
+from megaproc.sweep_jobs import DEFAULT_PROGRAM, Job, write_job_config
 
 USAGE = """usage: python -m megaproc.classify --results-path DIR [--SEED_FLAG VALUE ...] [a.b=value ...]
                                   [--config RECIPE] [--dry-run]
@@ -31,50 +36,13 @@ Dotted megaproc keys (e.g. model.pretrained_path=/models/Qwen3-1.7B) pass throug
 
 
 def _usage() -> str:
-    from megaproc.classify_aliases import SEED_FLAGS
-
     table = "\n".join(f"  --{flag:<24} {target or '(checked, not used: CUDA when present)'}"
                       for flag, target in SEED_FLAGS.items())
     return USAGE.format(table=table)
 
 
-def check_run_config(cfg) -> None:
-    """Refuse classification settings the trainer would only trip over later, naming the key:
-    an unknown target function or model, a length the function is not defined at, odd split
-    sizes, a finetune wrapper without ``model.pretrained_path``.  (A data set too large for its
-    length is left to the data code, whose message says how many sequences exist.)"""
-    c = cfg.classify
-    if c.target_func is None:
-        return
-    from megaproc.models.classification import CLASSIFIER_NAMES, FINETUNE_WRAPPERS
-    from megaproc.synthetic.boolean import FUNCTION_NAMES, BooleanDataError, get_function
-
-    if c.target_func not in FUNCTION_NAMES:
-        raise ConfigError(f"config key 'classify.target_func' must be one of "
-                          f"{list(FUNCTION_NAMES)}, got {c.target_func!r}")
-    try:
-        get_function(c.target_func).check_length(c.sequence_length)
-    except BooleanDataError as exc:
-        raise ConfigError(f"config key 'classify.sequence_length': {exc}") from None
-    for key in ("train_set_size", "test_set_size"):
-        if getattr(c, key) % 2:
-            raise ConfigError(f"config key 'classify.{key}' must be even (exact 50/50 split), "
-                              f"got {getattr(c, key)}")
-    if cfg.model.name not in CLASSIFIER_NAMES:
-        raise ConfigError(f"config key 'model.name' must be a sequence classifier with "
-                          f"classify.target_func set ({', '.join(CLASSIFIER_NAMES)}), "
-                          f"got {cfg.model.name!r}")
-    if cfg.model.name in FINETUNE_WRAPPERS and not cfg.model.pretrained_path:
-        raise ConfigError(f"config key 'model.pretrained_path' must name a local HF model "
-                          f"directory for {cfg.model.name}")
-
-
-def plan(argv: list[str]) -> tuple[list[str], Path, dict, list[str], bool]:
-    """``(command, results dir, seed flags, overrides, dry_run)`` for a command line."""
-    from megaproc.classify_aliases import BASE_RECIPE, parse_flag_list, translate
-    from megaproc.config import load_config
-    from megaproc.sweep_jobs import DEFAULT_PROGRAM, REPO_ROOT
-
+def classify_command(argv: list[str]) -> tuple[list[str], Path, dict, list[str], bool]:
+    """``(trainer command, results dir, seed flags, overrides, dry_run)`` for a command line."""
     argv = list(argv)
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
@@ -90,10 +58,10 @@ def plan(argv: list[str]) -> tuple[list[str], Path, dict, list[str], bool]:
     out_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run.out_dir=")]
     if not out_dirs:
         raise ConfigError("--results-path is required (the run folder)")
-    cfg = load_config(recipe, overrides)              # refuses what the trainer would refuse
+    cfg = load_config(recipe, overrides)
     if cfg.classify.target_func is None:
         raise ConfigError("--target_func is required (fn_a ... fn_l)")
-    check_run_config(cfg)
+    resolve(cfg, check_files=False)                   # refuses what the trainer would refuse
     results = Path(cfg.run.out_dir)
     command = [sys.executable, str(REPO_ROOT / DEFAULT_PROGRAM), "--config", recipe, *overrides]
     return command, results, flags, overrides, dry_run
@@ -105,16 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         print(_usage(), end="")
         return 0
-    try:
-        command, results, flags, overrides, dry_run = plan(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
+    return run_cli(_run, argv)
+
+
+def _run(argv: list[str]) -> int:
+    command, results, flags, overrides, dry_run = classify_command(argv)
     if dry_run:
         print(shlex.join(command))
         return 0
-    from megaproc.sweep_jobs import Job, write_job_config
-
     write_job_config(Job(0, results.name, {}, flags, overrides, results, command))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,12 +1,16 @@
 """Typed configuration tree for megaproc.
 
 A run is described by one YAML recipe (which may ``extends:`` another recipe) plus dotted
-command-line overrides such as ``train.max_steps=20``.  Every section is a dataclass below and
-everything is checked in :func:`load_config`: unknown keys (also unknown top-level sections),
-wrong types, values outside a ``Literal`` choice and cross-field constraints are errors that
-name the offending key, so ``--dry-run`` rejects exactly what training would reject.
+command-line overrides such as ``train.max_steps=20``.  Every section is a dataclass below with a
+``validate()`` beside its fields; :func:`load_config` builds the tree (unknown keys, also unknown
+top-level sections, wrong types and values outside a ``Literal`` choice are errors that name the
+key, :mod:`megaproc.config_parsing`) and validates it.  What depends on the run's *kind* and the
+world size (derived values, files that must exist, the model name) is checked by
+:func:`megaproc.runs.resolve`, which ``--dry-run`` and training both call, so ``--dry-run``
+refuses exactly what training refuses.
 
-This module imports nothing of megaproc but :mod:`megaproc.errors`.
+This module imports nothing of megaproc but :mod:`megaproc.errors` and
+:mod:`megaproc.config_parsing`.
 """
 
 from __future__ import annotations
@@ -14,29 +18,48 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 
+from megaproc.config_parsing import (apply_override, build_dataclass, dotted_keys, load_yaml_recipe,
+                                     require, require_signs)
 from megaproc.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "to_dict", "to_yaml", "fingerprint",
-           "data_sources", "apply_override", "load_yaml_recipe"]
+__all__ = ["Config", "ConfigError", "DataSourceConfig", "load_config", "to_dict", "to_yaml",
+           "fingerprint", "data_sources", "apply_override", "load_yaml_recipe",
+           "experiment_settings", "data_config", "RUN_KINDS"]
 
 WeightGroup = Literal["attn", "ffn", "ln", "embed", "everything"]
+RunKindName = Literal["lm", "graph_search", "classify"]
+RUN_KINDS = typing.get_args(RunKindName)
+LossKind = Literal["mean", "weighted", "answer_only", "answer_word"]
+
+
+def _check_groups(key: str, groups: list) -> None:
+    valid = typing.get_args(WeightGroup)
+    require(bool(groups), key, "must name at least one weight group")
+    for group in groups:
+        require(group in valid, key, f"entries must be among {list(valid)}", group)
 
 
 @dataclass
 class RunConfig:
-    """Where the run writes and how it is seeded."""
+    """Where the run writes, how it is seeded, and which workflow it is."""
 
     out_dir: str = "runs/default"
     seed: int = 1234
     name: Optional[str] = None
+    # The workflow (megaproc/runs/): "lm" (indexed LM data, the default), "graph_search" (live
+    # graph-search stream, = task.kind: graph_search) or "classify" (boolean classification,
+    # = classify.target_func set).  Null: inferred from those keys.
+    kind: Optional[RunKindName] = None
+
+    def validate(self) -> None:
+        """Nothing to check beyond the types."""
 
 
 @dataclass
@@ -67,13 +90,47 @@ class ModelConfig:
     # in another order, so the same seed gives other initial weights than a plain build.)
     zero3_init: Literal["auto", "always", "never"] = "auto"
 
+    def validate(self) -> None:
+        """Weight groups are known ones; transfer and freezing choices need ``init_from``."""
+        _check_groups("model.weights_to_transfer", self.weights_to_transfer)
+        _check_groups("model.weights_to_train", self.weights_to_train)
+        for key in ("weights_to_transfer", "weights_to_train"):
+            require(self.init_from is not None or getattr(self, key) == ["everything"],
+                    f"model.{key}", "needs model.init_from (there are no weights to transfer "
+                    "or keep from a fresh model)", getattr(self, key))
+        require(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout",
+                "must be in [0, 1)", self.dropout)
+
 
 @dataclass
 class DataSourceConfig:
-    """One indexed prefix in a blend."""
+    """One training or validation source: an indexed prefix or a prompt/answer ``.jsonl``."""
 
     prefix: str = ""
     weight: float = 1.0
+    # Name in logs (per-source losses, validation): default the prefix's basename.
+    name: Optional[str] = None
+
+    def validate(self, key: str) -> None:
+        """A prefix is given and the weight is a non-negative number."""
+        require(bool(self.prefix), f"{key}.prefix", "must be set")
+        require(self.weight >= 0, f"{key}.weight", "must be >= 0", self.weight)
+
+
+def data_sources(entries: list, key: str) -> list[DataSourceConfig]:
+    """``data.train``/``data.valid`` entries (prefix strings, mappings or already typed
+    sources) as validated :class:`DataSourceConfig` objects."""
+    out = []
+    for i, entry in enumerate(entries or []):
+        where = f"{key}[{i}]"
+        if isinstance(entry, str):
+            entry = DataSourceConfig(prefix=entry)
+        elif not isinstance(entry, (dict, DataSourceConfig)):
+            raise ConfigError(f"config key '{where}' must be a prefix or {{prefix, weight}}")
+        source = build_dataclass(DataSourceConfig, entry, where)
+        source.validate(where)
+        out.append(source)
+    return out
 
 
 @dataclass
@@ -98,6 +155,25 @@ class DataConfig:
     # Built-in default corpus settings.
     default_vocab_size: int = 2048
 
+    def validate(self) -> None:
+        """Ranges, the mixin pairing and the shape of the source entries."""
+        require(0.0 <= self.mixin_percent < 1.0, "data.mixin_percent", "must be in [0, 1)",
+                self.mixin_percent)
+        require(self.mixin_percent == 0 or bool(self.mixin), "data.mixin",
+                "must be set when data.mixin_percent > 0")
+        require(0.0 <= self.valid_fraction < 1.0, "data.valid_fraction", "must be in [0, 1)",
+                self.valid_fraction)
+        require_signs("data", self, positive=("default_vocab_size",))
+        data_sources(self.train, "data.train")
+        data_sources(self.valid, "data.valid")
+
+
+def data_config(data: "DataConfig | dict") -> "DataConfig":
+    """A validated :class:`DataConfig` from a ``data`` mapping (or the section itself)."""
+    section = build_dataclass(DataConfig, data, "data")
+    section.validate()
+    return section
+
 
 @dataclass
 class TrainConfig:
@@ -116,9 +192,18 @@ class TrainConfig:
     # "mean": token-mean cross entropy; "weighted": answer tokens up-weighted;
     # "answer_only": cross entropy on the answer tokens and their eos (prompt/answer data);
     # "answer_word": on the answer's own tokens only (the symbolic graph-search task).
-    loss: Literal["mean", "weighted", "answer_only", "answer_word"] = "mean"
+    loss: LossKind = "mean"
     # Peak FLOP/s per device for the logged ``mfu`` (default: the GPU's known bf16 peak).
     peak_flops: Optional[float] = None
+
+    def validate(self) -> None:
+        """Positive geometry; optional budgets are positive when set."""
+        require_signs("train", self, positive=("max_steps", "micro_batch", "grad_accum",
+                                               "seq_len"), non_negative=("grad_clip",))
+        require(self.peak_flops is None or self.peak_flops > 0, "train.peak_flops", "must be > 0",
+                self.peak_flops)
+        require(self.total_batch_tokens is None or self.total_batch_tokens > 0,
+                "train.total_batch_tokens", "must be > 0", self.total_batch_tokens)
 
 
 @dataclass
@@ -129,6 +214,11 @@ class OptimConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
     weight_decay: float = 0.1
+
+    def validate(self) -> None:
+        """A positive LR and two betas."""
+        require_signs("optim", self, positive=("lr",), non_negative=("eps", "weight_decay"))
+        require(len(self.betas) == 2, "optim.betas", "must be a list of two floats")
 
 
 @dataclass
@@ -141,6 +231,12 @@ class ScheduleConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
 
+    def validate(self) -> None:
+        """Warmup and the floor ratio in range."""
+        require_signs("schedule", self, non_negative=("warmup_steps",))
+        require(0.0 <= self.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "must be in [0, 1]",
+                self.min_lr_ratio)
+
 
 @dataclass
 class DeepSpeedSection:
@@ -149,6 +245,9 @@ class DeepSpeedSection:
     config: str = "ds_configs/zero2.json"
     # Extra DeepSpeed keys merged on top of the JSON file (nested mapping).
     overrides: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """The file is checked when the run is resolved (it may be relative to the repo)."""
 
 
 @dataclass
@@ -162,6 +261,11 @@ class CheckpointConfig:
     save_final: bool = True
     # Resume a checkpoint written with another number of ranks (re-shards the ZeRO state).
     allow_world_size_change: bool = False
+
+    def validate(self) -> None:
+        """Cadences are non-negative and ``resume`` names something."""
+        require_signs("checkpoint", self, non_negative=("save_every", "keep_last_k"))
+        require(bool(self.resume), "checkpoint.resume", "must be 'auto', 'none' or a path")
 
 
 @dataclass
@@ -177,6 +281,10 @@ class LogConfig:
     # Write PNG plots of the run's logs (python -m megaproc.plot) when training ends.
     plot_at_end: bool = False
 
+    def validate(self) -> None:
+        """A positive log interval (the optional packages are checked when resolving)."""
+        require_signs("log", self, positive=("log_every",))
+
 
 @dataclass
 class EvalConfig:
@@ -190,6 +298,14 @@ class EvalConfig:
     hellaswag_every: int = 0
     ewok_path: Optional[str] = None
     ewok_every: int = 0
+
+    def validate(self) -> None:
+        """Intervals are non-negative; a benchmark interval needs its file."""
+        require_signs("eval", self, positive=("max_batches",),
+                      non_negative=("every", "hellaswag_every", "ewok_every"))
+        for name in ("hellaswag", "ewok"):
+            every, path = getattr(self, f"{name}_every"), getattr(self, f"{name}_path")
+            require(not every or bool(path), f"eval.{name}_every", f"needs eval.{name}_path")
 
 
 @dataclass
@@ -212,10 +328,20 @@ class TaskConfig:
     splits_dir: Optional[str] = None
     # Held-out task eval every N steps in runs without a curriculum (e.g. pretraining); 0 = off.
     eval_every: int = 0
+    # Random eval.jsonl examples (seeded, the same subset every time) in the held-out evaluation,
+    # with or without a curriculum (the original pptrain.py's --eval_subset_size).
+    eval_subset_size: int = 500
     # Examples per forward in the held-out evaluation (per rank).
     eval_batch_size: int = 16
     # Build the next micro-batches on a background thread while the model computes.
     prefetch: bool = True
+
+    def validate(self) -> None:
+        """Generator sizes are positive; periodic evaluation needs the splits."""
+        require_signs("task", self, positive=("max_input_size", "max_lookahead", "eval_batch_size"),
+                      non_negative=("seed", "eval_every", "eval_subset_size"))
+        require(not self.eval_every or bool(self.splits_dir), "task.eval_every",
+                "needs task.splits_dir (its eval.jsonl)")
 
 
 @dataclass
@@ -223,7 +349,7 @@ class CurriculumConfig:
     """Accuracy-gated curriculum over lookahead stages 1..task.max_lookahead.
 
     Names and defaults follow the original ``pptrain.py`` (``curr_window`` 200,
-    ``curr_threshold`` 0.98, ``eval_subset_size`` 500).
+    ``curr_threshold`` 0.98); the held-out subset size is ``task.eval_subset_size``.
     """
 
     enabled: bool = False
@@ -233,10 +359,15 @@ class CurriculumConfig:
     curr_check_every: int = 10
     # Window accuracy needed to advance.
     curr_threshold: float = 0.98
-    # Random eval.jsonl examples (seeded, same subset every time) for the held-out eval.
-    eval_subset_size: int = 500
     # Stage the run starts at.
     start_stage: int = 1
+
+    def validate(self) -> None:
+        """Window, cadence and threshold in range."""
+        require_signs("curriculum", self, positive=("curr_window", "curr_check_every",
+                                                    "start_stage"))
+        require(0.0 <= self.curr_threshold <= 1.0, "curriculum.curr_threshold",
+                "must be in [0, 1]", self.curr_threshold)
 
 
 @dataclass
@@ -264,6 +395,13 @@ class ClassifyConfig:
     # From-scratch embedding rows (null: the task's symbols + BOS; larger leaves rows unused).
     vocab_size: Optional[int] = None
 
+    def validate(self) -> None:
+        """Sizes and epochs in range (names and lengths: the classify run kind)."""
+        require_signs("classify", self,
+                      positive=("sequence_length", "train_set_size", "n_epochs",
+                                "eval_every_epochs"),
+                      non_negative=("test_set_size", "eta_min", "num_layers_to_finetune"))
+
 
 @dataclass
 class Config:
@@ -283,266 +421,65 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
 
+    def validate(self) -> "Config":
+        """Every section's own checks, then the ones that tie two sections together (what
+        depends on the run's kind is checked by its :class:`~megaproc.runs.base.RunKind`)."""
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        task, curr = self.task, self.curriculum
+        require(curr.start_stage <= task.max_lookahead, "curriculum.start_stage",
+                f"must be <= task.max_lookahead ({task.max_lookahead})", curr.start_stage)
+        return self
+
+    @property
+    def given_keys(self) -> frozenset[str]:
+        """Dotted keys the recipe and overrides set explicitly (defaults excluded)."""
+        return getattr(self, "_given_keys", frozenset())
+
 
 # Sections that describe where and how a run reports, not which experiment it is.
 VOLATILE_SECTIONS = ("run", "log", "checkpoint", "eval")
+# Old key names still accepted (the value moves to the new key).
+RENAMED_KEYS = {"curriculum.eval_subset_size": "task.eval_subset_size"}
 
 
-# ----------------------------------------------------------------------------- building
-def _type_ok(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, annotation)
-
-
-def _type_name(ann: Any) -> str:
-    origin = typing.get_origin(ann)
-    if origin is Literal:
-        return "one of " + str(list(typing.get_args(ann)))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(ann))
-    if ann is type(None):
-        return "null"
-    return getattr(ann, "__name__", str(ann))
-
-
-def _coerce(value: Any, ann: Any) -> Any:
-    """YAML gives ``1e-5`` as a string and ``3`` as an int; accept both where a float is meant."""
-    wants_float = ann is float or (typing.get_origin(ann) in (Union, types.UnionType)
-                                   and float in typing.get_args(ann))
-    if wants_float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if ann is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys, types and choices."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{path}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            where = f"{path}.{key}" if path else key
-            what = "section" if not path else "key"
-            raise ConfigError(f"unknown config {what} '{where}' (valid: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name in names:
-        if name not in data:
+def _apply_renames(data: dict) -> None:
+    for old, new in RENAMED_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
             continue
-        where = f"{path}.{name}" if path else name
-        ann = hints[name]
-        if dataclasses.is_dataclass(ann):
-            kwargs[name] = _build(ann, data[name], where)
-            continue
-        value = _coerce(data[name], ann)
-        if not _type_ok(value, ann):
-            if typing.get_origin(ann) is Literal:
-                raise ConfigError(f"config key '{where}' must be one of "
-                                  f"{list(typing.get_args(ann))}, got {value!r}")
-            raise ConfigError(f"config key '{where}' has wrong type: expected {_type_name(ann)}, "
-                              f"got {type(value).__name__} ({value!r})")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_yaml_recipe(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read a YAML recipe, following ``extends:`` (relative to the recipe's folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in _seen:
-        raise ConfigError(f"config 'extends' cycle at {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at top level")
-    parent = data.pop("extends", None)
-    if parent:
-        base = load_yaml_recipe(path.parent / parent, _seen + (path.resolve(),))
-        data = _deep_merge(base, data)
-    return data
-
-
-def apply_override(data: dict, dotted: str) -> None:
-    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw mapping."""
-    if "=" not in dotted:
-        raise ConfigError(f"override '{dotted}' must look like key.sub=value")
-    key, raw = dotted.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{dotted}' has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-# ----------------------------------------------------------------------------- validation
-def _require(condition: bool, key: str, message: str, value: Any = None) -> None:
-    if not condition:
-        got = "" if value is None else f", got {value!r}"
-        raise ConfigError(f"config key '{key}' {message}{got}")
-
-
-def _check_signs(positive: dict, non_negative: dict) -> None:
-    for key, value in positive.items():
-        _require(value > 0, key, "must be > 0", value)
-    for key, value in non_negative.items():
-        _require(value >= 0, key, "must be >= 0", value)
-
-
-def _check_groups(key: str, groups: list) -> None:
-    valid = typing.get_args(WeightGroup)
-    _require(bool(groups), key, "must name at least one weight group")
-    for group in groups:
-        _require(group in valid, key, f"entries must be among {list(valid)}", group)
-
-
-def validate(cfg: Config) -> Config:
-    """Cross-field checks that the type system cannot express; errors name the key."""
-    t, task, curr, cls = cfg.train, cfg.task, cfg.curriculum, cfg.classify
-    _check_signs(
-        positive={"train.max_steps": t.max_steps, "train.micro_batch": t.micro_batch,
-                  "train.grad_accum": t.grad_accum, "train.seq_len": t.seq_len,
-                  "log.log_every": cfg.log.log_every, "eval.max_batches": cfg.eval.max_batches,
-                  "optim.lr": cfg.optim.lr,
-                  "task.max_input_size": task.max_input_size,
-                  "task.max_lookahead": task.max_lookahead,
-                  "task.eval_batch_size": task.eval_batch_size,
-                  "curriculum.curr_window": curr.curr_window,
-                  "curriculum.curr_check_every": curr.curr_check_every,
-                  "curriculum.start_stage": curr.start_stage,
-                  "classify.sequence_length": cls.sequence_length,
-                  "classify.train_set_size": cls.train_set_size,
-                  "classify.n_epochs": cls.n_epochs,
-                  "classify.eval_every_epochs": cls.eval_every_epochs},
-        non_negative={"checkpoint.save_every": cfg.checkpoint.save_every,
-                      "checkpoint.keep_last_k": cfg.checkpoint.keep_last_k,
-                      "eval.every": cfg.eval.every,
-                      "eval.hellaswag_every": cfg.eval.hellaswag_every,
-                      "eval.ewok_every": cfg.eval.ewok_every,
-                      "schedule.warmup_steps": cfg.schedule.warmup_steps,
-                      "task.seed": task.seed, "task.eval_every": task.eval_every,
-                      "curriculum.eval_subset_size": curr.eval_subset_size,
-                      "classify.test_set_size": cls.test_set_size,
-                      "classify.eta_min": cls.eta_min,
-                      "classify.num_layers_to_finetune": cls.num_layers_to_finetune})
-    _require(0.0 <= cfg.data.mixin_percent < 1.0, "data.mixin_percent", "must be in [0, 1)",
-             cfg.data.mixin_percent)
-    _require(cfg.data.mixin_percent == 0 or bool(cfg.data.mixin), "data.mixin",
-             "must be set when data.mixin_percent > 0")
-    _require(0.0 <= cfg.data.valid_fraction < 1.0, "data.valid_fraction", "must be in [0, 1)",
-             cfg.data.valid_fraction)
-    _require(0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "must be in [0, 1]",
-             cfg.schedule.min_lr_ratio)
-    _require(len(cfg.optim.betas) == 2, "optim.betas", "must be a list of two floats")
-    _require(isinstance(cfg.checkpoint.resume, str) and bool(cfg.checkpoint.resume),
-             "checkpoint.resume", "must be 'auto', 'none' or a path")
-    _require(t.peak_flops is None or t.peak_flops > 0, "train.peak_flops", "must be > 0",
-             t.peak_flops)
-    _require(t.total_batch_tokens is None or t.total_batch_tokens > 0, "train.total_batch_tokens",
-             "must be > 0", t.total_batch_tokens)
-    for key in ("train", "valid"):
-        for i, src in enumerate(getattr(cfg.data, key)):
-            _require(isinstance(src, (str, dict)), f"data.{key}[{i}]",
-                     "must be a prefix or {prefix, weight}")
-    _check_groups("model.weights_to_transfer", cfg.model.weights_to_transfer)
-    _check_groups("model.weights_to_train", cfg.model.weights_to_train)
-    _require(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0, "model.dropout",
-             "must be in [0, 1)", cfg.model.dropout)
-    for name in ("hellaswag", "ewok"):
-        every, path = getattr(cfg.eval, f"{name}_every"), getattr(cfg.eval, f"{name}_path")
-        _require(not every or bool(path), f"eval.{name}_every", f"needs eval.{name}_path")
-    # Workflow sections.
-    _require(0.0 <= curr.curr_threshold <= 1.0, "curriculum.curr_threshold", "must be in [0, 1]",
-             curr.curr_threshold)
-    _require(curr.start_stage <= task.max_lookahead, "curriculum.start_stage",
-             f"must be <= task.max_lookahead ({task.max_lookahead})", curr.start_stage)
-    _require(not curr.enabled or task.kind == "graph_search", "curriculum.enabled",
-             "needs task.kind: graph_search")
-    _require(task.kind == "none" or not (cfg.data.train or cfg.data.mixin_percent > 0), "task.kind",
-             "trains on the task stream only; leave data.train empty and data.mixin_percent at 0")
-    _require(not task.eval_every or bool(task.splits_dir), "task.eval_every",
-             "needs task.splits_dir (its eval.jsonl)")
-    if cls.target_func is not None:
-        _require(task.kind == "none", "classify.target_func", "cannot be combined with task.kind")
-        _require(cls.test_set_size >= 0, "classify.test_set_size", "must be >= 0")
-    return cfg
-
-
-def data_sources(entries: list, key: str) -> list[DataSourceConfig]:
-    """Normalise ``data.train``/``data.valid`` entries (strings or mappings) to sources."""
-    out = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            out.append(DataSourceConfig(prefix=entry))
-        else:
-            out.append(_build(DataSourceConfig, entry, f"{key}[{i}]"))
-    return out
+        new_section, new_key = new.split(".")
+        target = data.setdefault(new_section, {})
+        if isinstance(target, dict) and new_key in target and target[new_key] != section[old_key]:
+            raise ConfigError(f"config keys '{old}' (old name) and '{new}' disagree; set '{new}'")
+        if isinstance(target, dict):
+            target[new_key] = section.pop(old_key)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Load a recipe, apply dotted overrides and return a validated :class:`Config`."""
+    """Load a recipe, apply dotted overrides and return a validated :class:`Config`.
+
+    The result is not yet *resolved* (derived values, the run kind's checks, files):
+    :func:`megaproc.runs.resolve` does that for a world size.
+    """
     data = load_yaml_recipe(path) if path else {}
     for item in overrides:
         apply_override(data, item)
-    cfg = validate(_build(Config, data, ""))
-    for key in ("train", "valid"):
-        data_sources(getattr(cfg.data, key), f"data.{key}")  # entries checked, naming the key
-    return cfg
+    _apply_renames(data)
+    cfg = build_dataclass(Config, data, "")
+    cfg._given_keys = frozenset(dotted_keys(data))
+    return cfg.validate()
 
 
 # ----------------------------------------------------------------------------- output
 def to_dict(cfg: Config) -> dict:
-    """Plain-mapping form of a config."""
+    """Plain-mapping form of a config (typed data sources become mappings too)."""
     return dataclasses.asdict(cfg)
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text."""
+    """The config as YAML text."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
@@ -564,3 +501,4 @@ def fingerprint(cfg: Config) -> str:
     """Hash of :func:`experiment_settings`."""
     text = json.dumps(experiment_settings(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+

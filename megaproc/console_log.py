@@ -23,11 +23,17 @@ class _RankFilter(logging.Filter):
         return rank == 0 or record.levelno >= logging.WARNING
 
 
-def setup_console_log(level: int = logging.INFO) -> logging.Logger:
-    """Install the stdout handler on the ``megaproc`` logger (idempotent)."""
+def setup_console_log(level: int = logging.INFO, stream=None) -> logging.Logger:
+    """Install the console handler on the ``megaproc`` logger: stdout, or ``stream`` (e.g. stderr
+    for a command whose stdout is data, such as ``--dry-run``); calling again moves it."""
     logger = logging.getLogger(ROOT)
-    if not any(getattr(h, "_megaproc", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    stream = stream or sys.stdout
+    handlers = [h for h in logger.handlers if getattr(h, "_megaproc", False)]
+    if handlers and handlers[0].stream is not stream:
+        logger.removeHandler(handlers[0])
+        handlers = []
+    if not handlers:
+        handler = logging.StreamHandler(stream)
         handler._megaproc = True
         handler.addFilter(_RankFilter())
         handler.setFormatter(logging.Formatter("[megaproc] %(rank_tag)s%(message)s"))
@@ -41,5 +47,6 @@ def get_logger(name: str) -> logging.Logger:
     """A child of the ``megaproc`` logger (``name`` is usually ``__name__``)."""
     if name != ROOT and not name.startswith(ROOT + "."):
         name = f"{ROOT}.{name}"
-    setup_console_log()
+    if not logging.getLogger(ROOT).handlers:
+        setup_console_log()
     return logging.getLogger(name)

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from megaproc.config import Config, ConfigError
+from megaproc.files import REPO_ROOT
 from megaproc.schedules import ConfigSchedule
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-def resolve_path(path: str) -> Path:
-    """A path as given, or relative to the repository root when it does not exist here."""
+def resolve_ds_config_path(path: str) -> Path:
+    """A DeepSpeed JSON path as given, or relative to the repository root when it does not
+    exist here (recipes name ``ds_configs/zero2.json`` whatever the working directory)."""
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p
@@ -63,7 +63,7 @@ def _set_checked(ds: dict, key: str, value, source: str, ds_path: Path) -> None:
 
 def build_ds_config(cfg: Config, world_size: int) -> dict:
     """The complete DeepSpeed config dict for this run."""
-    ds_path = resolve_path(cfg.deepspeed.config)
+    ds_path = resolve_ds_config_path(cfg.deepspeed.config)
     if not ds_path.is_file():
         raise ConfigError(f"deepspeed.config file not found: {cfg.deepspeed.config}")
     try:

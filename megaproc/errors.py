@@ -30,6 +30,11 @@ class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the offending key."""
 
 
+class ResumeError(UserError, RuntimeError):
+    """A checkpoint cannot be found or resumed with the current settings (raised by the
+    checkpointer and by batch sources whose saved position does not fit the run)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` folded onto one line (its class name when empty)."""
     text = " ".join(str(exc).split())

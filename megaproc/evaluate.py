@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+
 from megaproc.errors import UserError
 
 USAGE_ERROR = 2

@@ -31,8 +31,8 @@ from typing import Sequence
 
 import torch
 
-from megaproc.checkpoint.model import (CheckpointError, check_checkpoint_dir,
-                                       load_checkpoint_model, load_checkpoint_tokenizer)
+from megaproc.checkpoint.model import (CheckpointError, check_checkpoint_dir, load_checkpoint_model,
+                                       load_checkpoint_tokenizer)
 from megaproc.errors import run_cli
 
 # Export errors are checkpoint errors (one line saying why); the old name stays importable.

@@ -30,14 +30,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from megaproc.errors import UserError
+
+from megaproc.checkpoint import latest_checkpoint, read_trainer_state
+from megaproc.config import load_config
+from megaproc.distributed import free_port
+from megaproc.errors import ConfigError, UserError, run_cli
+from megaproc.export import EXPORT_INFO_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE = "PIPELINE_COMPLETE"
 
 
 class PipelineError(UserError, RuntimeError):
-    """A pipeline step failed (the message names the step and its log)."""
+    """A pipeline step failed (the message names the step and its log); exit code 1."""
+
+    exit_code = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +94,6 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
     """The trainer command on ``nproc`` CPU ranks (the deepspeed launcher) or one process."""
     if nproc == 1:
         return [sys.executable, str(REPO / "megaproc" / "train.py"), "--config", config, *overrides]
-    from megaproc.distributed import free_port
-
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
             "--master_port", str(free_port()), str(REPO / "megaproc" / "train.py"),
             "--config", config, *overrides]
@@ -96,8 +101,6 @@ def train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
 
 def split_settings(pptrain_config: str) -> dict:
     """Task settings of the pre-pretraining recipe (the splits must match them)."""
-    from megaproc.config import load_config
-
     task = load_config(pptrain_config).task
     return {"max_input_size": task.max_input_size, "max_lookahead": task.max_lookahead,
             "seed": task.seed, "symbolic": not task.natural_language}
@@ -125,8 +128,6 @@ def step_splits(out: Path, args, settings: dict) -> Path:
 
 def step_train(name: str, run_dir: Path, args, config: str, overrides: list[str], out: Path) -> None:
     """Run (or resume) a training step unless it already completed."""
-    from megaproc.checkpoint import latest_checkpoint
-
     if (run_dir / COMPLETE).is_file():
         say(f"{name}: {run_dir} complete, skipped")
         return
@@ -163,9 +164,6 @@ def step_evaluate(name: str, run_dir: Path, split_dir: Path, out: Path) -> dict:
 
 def step_export(run_dir: Path, export_dir: Path, out: Path) -> None:
     """Export the newest pretraining checkpoint as a HuggingFace directory."""
-    from megaproc.checkpoint import latest_checkpoint
-    from megaproc.export import EXPORT_INFO_FILE
-
     if (export_dir / EXPORT_INFO_FILE).is_file():
         say(f"export: {export_dir} exists, skipped")
         return
@@ -177,8 +175,6 @@ def step_export(run_dir: Path, export_dir: Path, out: Path) -> None:
 
 def curriculum_summary(run_dir: Path) -> dict:
     """Final stage, completion and step of the pre-pretraining run (from its newest checkpoint)."""
-    from megaproc.checkpoint import latest_checkpoint, read_trainer_state
-
     state = read_trainer_state(latest_checkpoint(run_dir))
     curriculum = state.get("hooks", {}).get("curriculum", {})
     return {"step": state["step"], "stage": curriculum.get("stage"),
@@ -219,16 +215,14 @@ def run_pipeline(args) -> dict:
 
 
 def main(argv=None) -> int:
-    """Entry point; exit code 0 on success, 1 with a one-line error otherwise."""
-    args = build_parser().parse_args(argv)
+    """Entry point: 0 on success; one ``error:`` line and 2 on bad input, 1 when a step fails."""
+    return run_cli(_run, build_parser().parse_args(argv), also=(OSError,))
+
+
+def _run(args) -> int:
     if args.nproc < 1:
-        print("error: --nproc must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        summary = run_pipeline(args)
-    except Exception as exc:  # noqa: BLE001 - any failure: one line naming the step
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        raise ConfigError("--nproc must be >= 1")
+    summary = run_pipeline(args)
     say(f"done in {summary['total_seconds']} s: curriculum reached stage "
         f"{summary['pptrain']['stage']} (completed: {summary['pptrain']['completed']}); "
         f"test accuracy pptrain {summary['test']['pptrain']['accuracy']:.4f}, "

@@ -34,7 +34,9 @@ import json
 import sys
 from dataclasses import dataclass
 
+from megaproc.errors import run_cli
 from megaproc.flops import Geometry, geometry, model_flops_per_token, parameter_counts
+from megaproc.models import get_preset, model_config
 
 GIB = 1024**3
 # Vocabulary of the published model of each family (the trainer takes it from the tokenizer).
@@ -186,8 +188,6 @@ def plan(model: str, gpus: int, nodes: int, zero: int, micro_batch: int, seq_len
          zero_init: bool = True, buffer_factor: float = 1.5,
          cpu_mem_gb: float | None = None) -> dict:
     """The full plan as a JSON-ready dict (the keys the CLI's ``--json`` prints)."""
-    from megaproc.models import get_preset, model_config
-
     if min(gpus, nodes, micro_batch, seq_len, grad_accum) < 1:
         raise ValueError("gpus, nodes, micro batch, seq len and grad accum must be >= 1")
     if zero == 0 and offload != "none":
@@ -324,18 +324,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m megaproc.plan`` / ``megaproc-plan``."""
     args = parse_args(argv)
-    try:
+
+    def estimate() -> int:
         result = plan(args.model, args.gpus, args.nodes, args.zero, args.micro_batch,
                       args.seq_len, grad_accum=args.grad_accum, offload=args.offload,
-                      gpu_mem_gb=args.gpu_mem, gradient_checkpointing=args.gradient_checkpointing,
+                      gpu_mem_gb=args.gpu_mem,
+                      gradient_checkpointing=args.gradient_checkpointing,
                       vocab_size=args.vocab_size, overrides=args.overrides,
                       attention=args.attention, headroom=args.headroom,
                       zero_init=not args.no_zero_init, cpu_mem_gb=args.cpu_mem)
-    except ValueError as exc:
-        print(f"megaproc.plan: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0
+        print(json.dumps(result, indent=2) if args.json else render(result))
+        return 0
+
+    return run_cli(estimate, prog="megaproc.plan", also=(ValueError,))
 
 
 if __name__ == "__main__":

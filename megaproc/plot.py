@@ -29,9 +29,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Sequence
-from megaproc.errors import UserError
 
-USAGE_ERROR = 2
+from megaproc.errors import UserError, run_cli
+
 VALIDATION_KEYS = ("val_loss", "val_ppl", "val_token_acc")
 BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "ewok_mean_accuracy")
 
@@ -157,16 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run directory (run.out_dir)")
     parser.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     args = parser.parse_args(argv)
-    try:
+
+    def plot() -> int:
         written = plot_run(args.run_dir, args.out)
-    except (PlotError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return USAGE_ERROR
-    if not written:
-        print(f"no plottable metrics in {args.run_dir}/logs", file=sys.stderr)
-    for path in written:
-        print(path)
-    return 0
+        if not written:
+            print(f"no plottable metrics in {args.run_dir}/logs", file=sys.stderr)
+        for path in written:
+            print(path)
+        return 0
+
+    return run_cli(plot, also=(OSError,))
 
 
 if __name__ == "__main__":

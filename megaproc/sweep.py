@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megaproc.errors import ConfigError
+from megaproc import sweep_jobs as sj
+from megaproc.errors import ConfigError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,26 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code."""
-    from megaproc import sweep_jobs as sj
-
+    """Command-line entry point; returns the exit code (2 with one line on bad input)."""
     args = build_parser().parse_args(argv)
+    return run_cli(run_sweep, args)
+
+
+def run_sweep(args) -> int:
+    """Validate every job, then run (or list, or write the SLURM array of) the unfinished ones."""
     if args.parallel < 1:
-        print("error: --parallel must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        sweep = sj.load_sweep(args.sweep)
-        jobs = sj.expand_jobs(sweep)
-        warnings = sj.validate_jobs(sweep, jobs)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for warning in warnings:
+        raise ConfigError("--parallel must be >= 1")
+    sweep = sj.load_sweep(args.sweep)
+    jobs = sj.expand_jobs(sweep)
+    for warning in sj.validate_jobs(sweep, jobs):
         print(f"warning: {warning}", file=sys.stderr)
     if args.job_index is not None:
         if not 0 <= args.job_index < len(jobs):
-            print(f"error: --job-index must be in [0, {len(jobs) - 1}]", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--job-index must be in [0, {len(jobs) - 1}]")
         job = jobs[args.job_index]
         if sj.job_status(job) == "done":
             print(f"{job.job_id}: already done")

@@ -12,7 +12,7 @@ Sweep file (YAML)::
 
 With ``recipe`` the keys of ``base_args`` and ``grid`` are dotted megaproc keys
 (``train.max_steps``) of that recipe, so any workflow can be swept.  Without it the keys are the
-seed's classification flags, translated by :mod:`megaproc.classify_aliases` into overrides of
+seed's classification flags, translated by :mod:`megaproc.seed_compat.classify_flags` into overrides of
 ``configs/classify/base.yaml``.  Job ``<id>`` runs::
 
     LAUNCHER PROGRAM --config RECIPE k=v ... run.out_dir=results_root/experiment_name/<id>
@@ -50,11 +50,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from tqdm.auto import tqdm
 
-from megaproc.classify_aliases import BASE_RECIPE, canonical_flag, format_value, translate
+from megaproc.config import load_config
 from megaproc.errors import ConfigError
+from megaproc.files import REPO_ROOT, atomic_write_json, last_jsonl
+from megaproc.runs import resolve
+from megaproc.seed_compat.classify_flags import BASE_RECIPE, canonical_flag, format_value, translate
+from megaproc.synthetic.boolean_data import replacement_note
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROGRAM = "megaproc/train.py"
 SWEEP_KEYS = ("experiment_name", "results_root", "recipe", "base_args", "grid", "program",
               "launcher", "slurm")
@@ -195,42 +199,23 @@ def expand_jobs(sweep: Sweep) -> list[Job]:
     return jobs
 
 
-def _check_lm_model_name(cfg) -> None:
-    """A causal-LM run's ``model.name`` must be a preset (load_config takes any string)."""
-    if cfg.classify.target_func is not None or cfg.model.pretrained_path:
-        return
-    from megaproc.models.presets import get_preset
-
-    try:
-        get_preset(cfg.model.name)
-    except ValueError as exc:
-        raise ConfigError(f"config key 'model.name': {exc}") from None
-
-
 def validate_jobs(sweep: Sweep, jobs: list[Job]) -> list[str]:
-    """Load every job's config (refusing the first bad one, naming its key); returns warnings
-    about jobs whose classification data set cannot be made (they will fail when run)."""
-    from megaproc.classify import check_run_config
-    from megaproc.config import load_config
-
+    """Load and resolve every job's config (refusing the first bad one, naming its key; files
+    that earlier jobs may write are not required); returns warnings about jobs whose
+    classification data set is drawn with replacement."""
     warnings = []
     for job in jobs:
         try:
-            cfg = load_config(sweep.recipe, [*job.overrides, f"run.out_dir={job.directory}"])
-            check_run_config(cfg)
-            _check_lm_model_name(cfg)
+            cfg = resolve(load_config(sweep.recipe, [*job.overrides, f"run.out_dir={job.directory}"]),
+                          check_files=False)
         except ConfigError as exc:
             raise ConfigError(f"sweep job {job.job_id}: {exc}") from None
         c = cfg.classify
         if c.target_func is not None:
-            from megaproc.synthetic.boolean import BooleanDataError
-            from megaproc.synthetic.boolean_data import check_request
-
-            try:
-                check_request(c.target_func, c.sequence_length, c.train_set_size,
-                              c.test_set_size)
-            except BooleanDataError as exc:
-                warnings.append(f"job {job.job_id} will fail: {exc}")
+            note = replacement_note(c.target_func, c.sequence_length, c.train_set_size,
+                                    c.test_set_size)
+            if note:
+                warnings.append(f"job {job.job_id}: {note}")
     return warnings
 
 
@@ -240,12 +225,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(temp, path)
 
 
 def job_status(job: Job) -> str:
@@ -260,14 +239,6 @@ def job_status(job: Job) -> str:
     return "pending"
 
 
-def _last_jsonl(path: Path) -> Optional[dict]:
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
-
-
 def _numbers(record: dict) -> dict:
     return {k: v for k, v in record.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "timestamp"}
@@ -277,7 +248,7 @@ def final_metrics(directory: str | os.PathLike) -> dict:
     """The final metrics of a run folder (see the module docstring)."""
     directory = Path(directory)
     out = {}
-    train = _last_jsonl(directory / "logs" / "train.jsonl")
+    train = last_jsonl(directory / "logs" / "train.jsonl")
     if train:
         out.update({k: train[k] for k in ("step", "loss") if k in train})
     metrics = _read_json(directory / "metrics.json")
@@ -290,7 +261,7 @@ def final_metrics(directory: str | os.PathLike) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[key] = value
     else:
-        evaluation = _last_jsonl(directory / "logs" / "eval.jsonl")
+        evaluation = last_jsonl(directory / "logs" / "eval.jsonl")
         if evaluation:
             out.update(_numbers(evaluation))
     return out
@@ -300,7 +271,7 @@ def final_metrics(directory: str | os.PathLike) -> dict:
 def write_job_config(job: Job, sweep: Optional[Sweep] = None) -> None:
     """``config.json`` of a job folder: what was asked and what runs."""
     job.directory.mkdir(parents=True, exist_ok=True)
-    _write_json(job.directory / "config.json", {
+    atomic_write_json(job.directory / "config.json", {
         "experiment_name": sweep.experiment_name if sweep else None,
         "job_id": job.job_id, "args": job.args, "grid_point": job.point,
         "overrides": job.overrides, "recipe": str(sweep.recipe) if sweep else None,
@@ -314,7 +285,7 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
     for marker in MARKERS:
         (d / marker).unlink(missing_ok=True)
     started = time.time()
-    _write_json(d / "RUNNING", {"pid": os.getpid(), "started": started})
+    atomic_write_json(d / "RUNNING", {"pid": os.getpid(), "started": started})
     with open(d / "stdout.log", "a", encoding="utf-8") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(job.command)}\n")
         log.flush()
@@ -327,11 +298,11 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
         return {"status": "interrupted", "exit_code": code, "seconds": seconds, "metrics": {}}
     if code == 0:
         metrics = final_metrics(d)
-        _write_json(d / "DONE", {"exit_code": 0, "seconds": seconds, "metrics": metrics})
+        atomic_write_json(d / "DONE", {"exit_code": 0, "seconds": seconds, "metrics": metrics})
         result = {"status": "done", "exit_code": 0, "seconds": seconds, "metrics": metrics}
     else:
         tail = (d / "stdout.log").read_text(errors="replace").splitlines()[-5:]
-        _write_json(d / "FAILED", {"exit_code": code, "seconds": seconds, "log_tail": tail})
+        atomic_write_json(d / "FAILED", {"exit_code": code, "seconds": seconds, "log_tail": tail})
         result = {"status": "failed", "exit_code": code, "seconds": seconds, "metrics": {}}
     (d / "RUNNING").unlink(missing_ok=True)
     return result
@@ -340,8 +311,6 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
 def run_jobs(jobs: list[Job], sweep: Optional[Sweep] = None, parallel: int = 1,
              progress: bool = True) -> dict[str, dict]:
     """Run ``jobs`` (``parallel`` at a time) with a progress bar; results keyed by job id."""
-    from tqdm.auto import tqdm
-
     results: dict[str, dict] = {}
     bar = tqdm(total=len(jobs), unit="job", desc="sweep", disable=not progress or not jobs)
     failed = 0

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerFast
+from huggingface_hub import snapshot_download
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from megaproc.errors import UserError
 
 
@@ -27,19 +32,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
                              "already in the local cache)")
     try:
         if hub_name:  # e.g. EleutherAI/pythia-160m, only from the local HF cache
-            from huggingface_hub import snapshot_download
-
             p = Path(snapshot_download(str(path), local_files_only=True))
         if p.is_dir():
-            from transformers import AutoTokenizer
-
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         elif p.suffix == ".json":
             tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
         elif p.suffix == ".model":
-            from transformers import LlamaTokenizerFast
-
-            tok = LlamaTokenizerFast(vocab_file=str(p), add_bos_token=False, add_eos_token=False)
+            tok = sentencepiece_tokenizer(p)
         else:
             raise TokenizerError(f"tokenizer {path}: unsupported file type {p.suffix!r}")
     except TokenizerError:
@@ -55,6 +54,20 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
+def sentencepiece_tokenizer(model_file: Path) -> PreTrainedTokenizerFast:
+    """A fast tokenizer that encodes exactly as ``SentencePieceProcessor.encode`` does.
+
+    transformers 5 builds the fast tokenizer of a bare ``tokenizer.model`` from the model's own
+    normalizer and trainer settings (``SpmConverter.build_tokenizer_from_spm_proto``: whitespace
+    handling, dummy prefix, byte fallback, bos/eos pieces) only through ``from_pretrained`` of the
+    generic class on a directory holding ``tokenizer.model``; a ``LlamaTokenizerFast(vocab_file=...)``
+    instead yields an empty vocabulary.  So the file is linked into a scratch directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="megaproc_spm_") as scratch:
+        os.symlink(Path(model_file).resolve(), Path(scratch) / "tokenizer.model")
+        return PreTrainedTokenizerFast.from_pretrained(scratch, local_files_only=True)
+
+
 def private_backend(tokenizer):
     """An independent copy of a fast tokenizer's Rust backend, without truncation or padding.
 
@@ -65,8 +78,6 @@ def private_backend(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    from tokenizers import Tokenizer
-
     copy = Tokenizer.from_str(backend.to_str())
     copy.no_truncation()
     copy.no_padding()
@@ -81,33 +92,11 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def build_run_tokenizer(data_cfg, log=None):
-    """The run's tokenizer: ``data.tokenizer``, or the built-in default corpus's tokenizer (a run
-    that names its own indexed training prefixes must name their tokenizer)."""
-    if data_cfg.tokenizer:
-        return load_tokenizer(data_cfg.tokenizer)
-    entries = [e if isinstance(e, str) else e.get("prefix", "") for e in data_cfg.train]
-    if any(not str(p).endswith((".jsonl", ".jsonl.gz")) for p in entries):
-        # Token ids of an indexed prefix mean something only with the tokenizer that wrote
-        # them; text (.jsonl) sources are tokenized on the fly by any tokenizer.
-        from megaproc.errors import ConfigError
-
-        raise ConfigError("config key 'data.tokenizer' must be set when data.train names "
-                          "indexed prefixes")
-    from megaproc.data.default_corpus import ensure_default_corpus
-
-    tokenizer_dir, _ = ensure_default_corpus(data_cfg.default_vocab_size,
-                                             log=log or (lambda *a, **k: None))
-    return load_tokenizer(tokenizer_dir)
-
-
 def symbol_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     """A tokenizer over single symbols for from-scratch sequence classifiers: symbol ``i`` of
     ``alphabet`` has id ``i``, ``<bos>`` (also pad and eos) id ``len(alphabet)``, and encoding
     ``"0110"`` gives ``[bos, 0, 1, 1, 0]`` — the ids :class:`~megaproc.models.classification.SymbolEncoder`
     feeds the model, saved with checkpoints and exports."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-
     vocab = {symbol: i for i, symbol in enumerate(alphabet)}
     bos = len(alphabet)
     vocab["<bos>"] = bos

@@ -1,15 +1,16 @@
-"""The Trainer: builds a run's components from its config and runs the short train loop.
+"""The Trainer: builds a run's components from its resolved config and runs the short loop.
 
-Components are built by their own builders from explicit arguments (tokenizer, batch source,
-model, DeepSpeed engine and LR schedule, hooks, :class:`~megaproc.checkpoint.Checkpointer`);
-the loop is forward -> loss -> backward -> step -> hook events.  Hooks end training through
-:meth:`Trainer.request_stop`.
+What differs between workflows (tokenizer, data, model, loss, default hooks) comes from the run's
+:class:`~megaproc.runs.base.RunKind`; the trainer has no workflow branch.  Components are built
+from explicit arguments in an order that refuses a bad resume before anything is written; the
+loop is forward -> loss -> backward -> step -> hook events.  Hooks record metrics through
+:meth:`Trainer.record_metric`, ask for a checkpoint with :meth:`Trainer.request_checkpoint` and
+end training through :meth:`Trainer.request_stop`.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import hashlib
 import random
 import time
 from pathlib import Path
@@ -22,14 +23,13 @@ from megaproc.checkpoint import Checkpointer, ResumeError, read_trainer_state
 from megaproc.checkpoint.reshard import configure_ds_config
 from megaproc.config import Config, experiment_settings, fingerprint, to_dict, to_yaml
 from megaproc.console_log import get_logger
-from megaproc.data.run_sources import build_batch_source, data_fingerprint
 from megaproc.engine import build_ds_config, build_engine, zero_stage
-from megaproc.errors import ConfigError
+from megaproc.files import atomic_write_text
 from megaproc.flops import mfu, model_flops_per_token, peak_flops
-from megaproc.hooks import Hook, Hooks, build_hooks
-from megaproc.loss import classification_loss, token_cross_entropy, training_loss, training_mask
+from megaproc.hooks import Hook, Hooks
 from megaproc.metrics import LossMeter
-from megaproc.tokenizer import build_run_tokenizer, load_tokenizer, pad_id, symbol_tokenizer
+from megaproc.runs import HookInputs, is_resolved, resolve, run_kind
+from megaproc.tokenizer import pad_id
 
 log = get_logger(__name__)
 
@@ -41,108 +41,69 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_classify_plan(cfg: Config, world_size: int) -> None:
-    """Classification runs: ``classify.n_epochs`` epochs of ``train_set_size`` examples set
-    ``train.max_steps``, and the LR anneals by cosine from ``optim.lr`` to ``classify.eta_min``
-    (``torch.optim.lr_scheduler.CosineAnnealingLR`` over the run's steps, no warmup)."""
-    c, t = cfg.classify, cfg.train
-    if c.target_func is None:
-        return
-    global_batch = t.micro_batch * t.grad_accum * world_size
-    t.max_steps = max(1, math.ceil(c.n_epochs * c.train_set_size / global_batch))
-    cfg.schedule.kind, cfg.schedule.warmup_steps = "cosine", 0
-    cfg.schedule.min_lr_ratio = min(1.0, c.eta_min / cfg.optim.lr)
+def micro_batch_seed(run_seed: int, sample_offset: int) -> int:
+    """The torch seed of the micro-batch whose first sample is global sample ``sample_offset``.
 
-
-def resolve_grad_accum(cfg: Config, world_size: int) -> None:
-    """Derive ``train.grad_accum`` from ``train.total_batch_tokens`` when that is set."""
-    t = cfg.train
-    if t.total_batch_tokens is None:
-        return
-    per_step = t.micro_batch * t.seq_len * world_size
-    if t.total_batch_tokens % per_step:
-        raise ConfigError(f"config key 'train.total_batch_tokens' ({t.total_batch_tokens}) must be "
-                          f"a multiple of micro_batch * seq_len * world size ({per_step})")
-    t.grad_accum = t.total_batch_tokens // per_step
+    Dropout masks are drawn from it, so the masks of a sample depend on the run seed and where
+    the sample sits in the global order (its micro-batch's offset and its row), never on which
+    rank runs it: a resume on another world size (which keeps the micro batch and the global
+    order) draws exactly the masks an uninterrupted run would.
+    """
+    digest = hashlib.blake2b(f"{run_seed}:{sample_offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class Trainer:
     """One training run: ``Trainer(cfg).train()`` returns the process exit code."""
 
     def __init__(self, cfg: Config, extra_hooks: list[Hook] | None = None):
-        self.cfg = cfg
-        self.run_dir = Path(cfg.run.out_dir)
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        if not is_resolved(cfg, self.world_size):
+            cfg = resolve(cfg, self.world_size)
+        self.cfg = cfg
+        self.kind = run_kind(cfg)
+        self.run_dir = Path(cfg.run.out_dir)
         self.device = dist_utils.device()
         self.step = 0
         self.exit_code = 0
         self.stop_reason: str | None = None
+        self.checkpoint_requested = False
+        self._recorded: dict = {}
         self.source = None
         self._source_closed = False
         self.hooks = Hooks()
-        resolve_grad_accum(cfg, self.world_size)
-        resolve_classify_plan(cfg, self.world_size)
         self.config_dict = to_dict(cfg)
         self.checkpointer = Checkpointer.from_config(self.run_dir, cfg.checkpoint)
 
         resume_from = self.checkpointer.find_resume()
-        self.tokenizer = self._build_tokenizer()
+        self.tokenizer = self.kind.build_tokenizer()
         self.pad_id = pad_id(self.tokenizer)
-        self.data_fingerprint = data_fingerprint(cfg, self.tokenizer)
-        self.plan_changes: list[str] = []
+        self.data_fingerprint = self.kind.data_fingerprint(self.tokenizer)
+        self.changed_settings: list[str] = []
         if resume_from is not None:  # refuse a bad resume before the run dir or engine is touched
-            self.plan_changes = self.checkpointer.check_resume(resume_from, self.geometry(),
-                                                               self.settings())
-        self.source, valid = build_batch_source(cfg, self.tokenizer, self.rank, self.world_size,
-                                                self.pad_id, log.info)
+            self.changed_settings = self.checkpointer.check_resume(resume_from, self.geometry(),
+                                                                   self.settings())
+        self.source, valid = self.kind.build_data(self.tokenizer, self.rank, self.world_size,
+                                                  self.pad_id, log.info)
         self._prepare_run_dir(resume_from)
         seed_everything(cfg.run.seed)
         self.ds_config = build_ds_config(cfg, self.world_size)
         # A checkpoint of another world size loads as a universal checkpoint (reshard.py).
         configure_ds_config(self.ds_config, resume_from, self.world_size, cfg.checkpoint)
-        model = self._build_model()
+        model = self.kind.build_model(self.tokenizer, self.ds_config, self.run_dir,
+                                      zero_stage(self.ds_config))
         self.hf_config = model.config
         self.engine, self.schedule = build_engine(cfg, model, self.ds_config)
-        # Dropout streams differ per rank; resumes restore them from the checkpoint.
-        seed_everything(cfg.run.seed + 1000003 * (self.rank + 1))
         self.meter = LossMeter(len(self.source.names), self.device)
         self.flops_per_token, self.peak_flops = self._flops_setup()
-        self.hooks = Hooks(build_hooks(cfg, self.run_dir, self.tokenizer, self.source, valid,
-                                       self.hf_config, self.device, self.rank,
-                                       self.world_size, self.pad_id) + list(extra_hooks or []))
-        log.info(f"hooks: {self.hooks.describe()}")
+        inputs = HookInputs(cfg, self.run_dir, self.tokenizer, self.source, valid, self.hf_config,
+                            self.device, self.rank, self.world_size, self.pad_id, log.info)
+        self.hooks = Hooks(self.kind.hooks(inputs) + list(extra_hooks or []))
+        log.info(f"run kind {self.kind.name}; hooks: {self.hooks.describe()}")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
 
     # ----------------------------------------------------------------- set-up
-    def _build_tokenizer(self):
-        """The run's tokenizer; from-scratch classifiers get their symbol tokenizer, finetune
-        wrappers the tokenizer of ``model.pretrained_path`` unless ``data.tokenizer`` is set."""
-        cfg = self.cfg
-        if cfg.classify.target_func is None or cfg.data.tokenizer:
-            return build_run_tokenizer(cfg.data, log=log.info)
-        from megaproc.models.classification import FINETUNE_WRAPPERS
-        from megaproc.synthetic.boolean import get_function
-
-        if cfg.model.name in FINETUNE_WRAPPERS:
-            return load_tokenizer(cfg.model.pretrained_path)
-        return symbol_tokenizer(get_function(cfg.classify.target_func).alphabet)
-
-    def _build_model(self):
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
-        if self.cfg.classify.target_func is not None:
-            from megaproc.models.classification import build_run_classifier
-
-            return build_run_classifier(self.cfg, self.tokenizer, self.ds_config)
-        from megaproc.models.run_model import build_run_model
-        from megaproc.models.transfer import write_transfer_report
-
-        model, report = build_run_model(self.cfg.model, self.tokenizer, self.ds_config,
-                                        zero_stage(self.ds_config), local_world)
-        if report is not None and dist_utils.is_main():
-            log.info(write_transfer_report(self.run_dir / "transfer.json", report))
-        return model
-
     def _flops_setup(self) -> tuple[float | None, float | None]:
         """Model FLOPs per token and per-device peak FLOP/s for the logged ``mfu``
         (``train.peak_flops``, else the GPU's known bf16 peak; none on CPU unless set)."""
@@ -177,16 +138,26 @@ class Trainer:
             if path.is_file() and path.read_text() != text:
                 step = read_trainer_state(resume_from)["step"] if resume_from else 0
                 path.rename(self.run_dir / f"config.before_step{step}.yaml")
-            path.write_text(text)
+            atomic_write_text(path, text)
         dist_utils.barrier()
 
-    # ----------------------------------------------------------------- loop
+    # ----------------------------------------------------------------- requests from hooks
     def request_stop(self, reason: str, exit_code: int = 0) -> None:
         """End training after the current step (the one stop channel of hooks)."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self.exit_code = max(self.exit_code, int(exit_code))
 
+    def request_checkpoint(self) -> None:
+        """Ask the checkpointing hook to save at the end of this step (e.g. on preemption)."""
+        self.checkpoint_requested = True
+
+    def record_metric(self, name: str, value) -> None:
+        """Record a metric of the current step; it is logged with the step's metrics on log
+        steps (hooks record in ``on_step_end``, loggers receive them in ``on_log``)."""
+        self._recorded[name] = value
+
+    # ----------------------------------------------------------------- loop
     def train(self) -> int:
         """Run until ``train.max_steps`` or a stop request; returns the process exit code."""
         try:
@@ -207,11 +178,14 @@ class Trainer:
 
     def _train_step(self) -> None:
         step_lr = self.engine.get_lr()[0]
-        for micro_step in range(self.cfg.train.grad_accum):
+        t = self.cfg.train
+        for micro_step in range(t.grad_accum):
             t0 = time.perf_counter()
             batch = self.source.micro_batch_at(micro_step)
             self._data_wait += time.perf_counter() - t0
             batch = self.hooks.on_batch(self, batch)
+            offset = self.source.consumed + (micro_step * self.world_size + self.rank) * t.micro_batch
+            torch.manual_seed(micro_batch_seed(self.cfg.run.seed, offset))
             loss = self.forward_loss(batch)
             # DeepSpeed scales the loss by 1/grad_accum in backward() and wants step() after every
             # micro-step: it only updates the weights (and steps the LR schedule) at the
@@ -220,30 +194,22 @@ class Trainer:
             self.engine.step()
         self.source.advance()
         self.step += 1
-        metrics = {"step": self.step}
-        if self.step % self.cfg.log.log_every == 0 or self.step == self.cfg.train.max_steps:
+        self._recorded = {}
+        self.hooks.on_step_end(self)
+        if self.step % self.cfg.log.log_every == 0 or self.step == t.max_steps:
             elapsed = time.perf_counter() - self._window_start
-            metrics.update(self._log_metrics(elapsed, self._data_wait), lr=step_lr)
+            metrics = {"step": self.step, **self._log_metrics(elapsed, self._data_wait),
+                       "lr": step_lr, **self._recorded}
             self._window_start, self._data_wait = time.perf_counter(), 0.0
-        self.hooks.on_step_end(self, metrics)
+            self.hooks.on_log(self, metrics)
+        self.hooks.on_step_complete(self)
+        self.checkpoint_requested = False
 
     def forward_loss(self, batch: dict) -> torch.Tensor:
         """Forward one micro-batch; returns the loss to backpropagate (hooks may replace it)."""
-        labels = batch["labels"].to(self.device)
-        logits = self.engine(input_ids=batch["input_ids"].to(self.device),
-                             attention_mask=batch["attention_mask"].to(self.device)).logits
-        if labels.dim() == 1:  # sequence classification: one logit per sequence
-            per_token, loss = classification_loss(logits, labels)
-            mask = torch.ones_like(per_token, dtype=torch.bool)
-        else:
-            answer = batch["answer_mask"].to(self.device)
-            example_id, primary = batch.get("example_id"), batch.get("primary")
-            per_token = token_cross_entropy(logits, labels)
-            loss = training_loss(self.cfg.train.loss, per_token, labels, answer, example_id, primary,
-                                 batch.get("word_mask"))
-            mask = training_mask(self.cfg.train.loss, labels, answer, primary, batch.get("word_mask"))
-        loss = self.hooks.on_loss(self, batch, logits, per_token, loss)
-        self.meter.add(per_token, mask, batch["source"])
+        out = self.kind.forward_loss(self.engine, batch, self.device)
+        loss = self.hooks.on_loss(self, batch, out.logits, out.per_token, out.loss)
+        self.meter.add(out.per_token, out.mask, batch["source"])
         return loss
 
     def _log_metrics(self, elapsed: float, data_wait: float) -> dict:
@@ -318,8 +284,9 @@ class Trainer:
         self.hooks.load_state_dict(state.get("hooks", {}))
         self.hooks.on_load(self, str(path))
         log.info(f"resumed from {path} at step {self.step}")
-        if self.plan_changes:
-            log.info(f"changed plan applied from step {self.step}: {'; '.join(self.plan_changes)}")
+        if self.changed_settings:
+            log.info(f"changed plan applied from step {self.step}: "
+                     f"{'; '.join(self.changed_settings)}")
 
 
 def _float_or_none(value) -> float | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import torch.multiprocessing as mp
 
 from megaproc.checkpoint import ResumeError
 from megaproc.data.batch import rank_sample_indices
-from megaproc.data.classify_source import ClassifyBatchSource, build_classify_source
+from megaproc.data.classify_source import ClassifyBatchSource
 from megaproc.synthetic.boolean_data import make_splits
 
 TRAIN, TEST = 30, 14
@@ -206,17 +205,18 @@ def test_evaluate_two_ranks_all_reduces_with_equal_forwards():
 
 
 def test_builder_uses_the_cached_splits(tmp_path):
-    cfg = SimpleNamespace(
-        classify=SimpleNamespace(target_func="fn_c", sequence_length=16, train_set_size=20,
-                                 test_set_size=10, cache_dir=str(tmp_path), vocab_size=None,
-                                 num_layers_to_finetune=0),
-        train=SimpleNamespace(micro_batch=5, grad_accum=1), run=SimpleNamespace(seed=3),
-        model=SimpleNamespace(name="qwen0.6B-cpu", pretrained_path=None),
-        data=SimpleNamespace(tokenizer=None))
+    from megaproc.config import load_config
+    from megaproc.runs import resolve, run_kind
+
+    cfg = resolve(load_config(None, [
+        "classify.target_func=fn_c", "classify.sequence_length=16", "classify.train_set_size=20",
+        "classify.test_set_size=10", f"classify.cache_dir={tmp_path}", "train.micro_batch=5",
+        "run.seed=3", "model.name=qwen0.6B-cpu"]))
+    kind = run_kind(cfg)
     messages = []
-    source, valid = build_classify_source(cfg, None, rank=0, world_size=1, log=messages.append)
+    source, valid = kind.build_data(None, rank=0, world_size=1, pad_id=0, log_fn=messages.append)
     assert valid is None and source.names == ["boolean"] and source.width == 17
-    again, _ = build_classify_source(cfg, None, rank=0, world_size=1, log=messages.append)
+    again, _ = kind.build_data(None, rank=0, world_size=1, pad_id=0, log_fn=messages.append)
     assert "generated into" in messages[0] and "read from" in messages[1]
     assert source.examples == again.examples
     batch = source.micro_batch_at(0)

@@ -190,7 +190,7 @@ def _copy(ckpt: Path, dest: Path) -> Path:
 def test_refuses_incomplete_checkpoint(zero0_checkpoint, tmp_path, capsys):
     ckpt = _copy(zero0_checkpoint[0], tmp_path / "step_00000002")
     (ckpt / "COMPLETE").unlink()
-    assert main([str(ckpt), str(tmp_path / "out")]) == 1
+    assert main([str(ckpt), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "COMPLETE" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -199,7 +199,7 @@ def test_refuses_incomplete_checkpoint(zero0_checkpoint, tmp_path, capsys):
 def test_refuses_checkpoint_without_ds_dir(zero0_checkpoint, tmp_path, capsys):
     ckpt = _copy(zero0_checkpoint[0], tmp_path / "step_00000002")
     shutil.rmtree(ckpt / "ds")
-    assert main([str(ckpt), str(tmp_path / "out")]) == 1
+    assert main([str(ckpt), str(tmp_path / "out")]) == 2
     assert "ds/" in capsys.readouterr().err
 
 
@@ -208,7 +208,7 @@ def test_refuses_non_empty_out_dir_unless_overwrite(zero0_checkpoint, tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main([str(ckpt), str(out)]) == 1
+    assert main([str(ckpt), str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
     assert main([str(ckpt), str(out), "--overwrite"]) == 0
@@ -246,5 +246,5 @@ def test_command_line_refusal_exit_code(tmp_path):
 
 def test_run_dir_instead_of_checkpoint_gets_a_hint(zero0_checkpoint, tmp_path, capsys):
     run_dir = zero0_checkpoint[0].parent.parent
-    assert main([str(run_dir), str(tmp_path / "out")]) == 1
+    assert main([str(run_dir), str(tmp_path / "out")]) == 2
     assert "run directory" in capsys.readouterr().err

@@ -20,9 +20,9 @@ import yaml
 
 from megaproc import sweep_jobs
 from megaproc.classify import main as classify_main
-from megaproc.classify import plan
-from megaproc.classify_aliases import translate
+from megaproc.classify import classify_command
 from megaproc.errors import ConfigError
+from megaproc.seed_compat.classify_flags import translate
 from megaproc.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,7 +251,7 @@ def test_classify_cli_translates_and_validates(tmp_path, capsys, monkeypatch):
             "--batch_size", "5", "--lr", "1e-3", "--eta_min", "1e-5", "--n_epochs", "2",
             "--weight_decay", "0", "--precision", "fp32", "--device", "cpu", "--seed", "1",
             "log.log_every=1"]
-    command, results, flags, overrides, dry = plan(argv)
+    command, results, flags, overrides, dry = classify_command(argv)
     assert results == tmp_path / "r" and not dry and flags["results_path"] == str(results)
     assert command[1:4] == [str(REPO / "megaproc/train.py"), "--config",
                             str(REPO / "configs/classify/base.yaml")]

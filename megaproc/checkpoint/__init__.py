@@ -9,9 +9,8 @@
 from megaproc.checkpoint.checkpointer import RESUME_CRITICAL, Checkpointer
 from megaproc.checkpoint.layout import (ResumeError, complete_checkpoints, latest_checkpoint,
                                         read_trainer_state, resolve_checkpoint_ref, step_dir_name)
-from megaproc.checkpoint.model import (CheckpointError, check_checkpoint_dir,
-                                       load_checkpoint_model, load_checkpoint_state_dict,
-                                       load_checkpoint_tokenizer)
+from megaproc.checkpoint.model import (CheckpointError, check_checkpoint_dir, load_checkpoint_model,
+                                       load_checkpoint_state_dict, load_checkpoint_tokenizer)
 
 __all__ = ["RESUME_CRITICAL", "CheckpointError", "Checkpointer", "ResumeError",
            "check_checkpoint_dir", "complete_checkpoints", "latest_checkpoint",

@@ -30,15 +30,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from megaproc.errors import UserError
+
+from megaproc.errors import ResumeError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "COMPLETE"
 TMP_PREFIX, OLD_PREFIX, DELETING_PREFIX = ".tmp_", ".old_", ".deleting_"
-
-
-class ResumeError(UserError, RuntimeError):
-    """A checkpoint cannot be found or resumed with the current settings."""
 
 
 def step_dir_name(step: int) -> str:

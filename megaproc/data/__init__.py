@@ -1,6 +1,5 @@
-"""Datasets: Megatron-compatible indexed files, GPT sample indices, blending and mixins."""
-from megaproc.data.indexed import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
-from megaproc.data.gpt_dataset import GPTDataset, split_documents
-from megaproc.data.blended import BlendedDataset
-from megaproc.data.mixin import JsonlTaskDataset
-from megaproc.data.build import build_train_valid
+"""Datasets and batch sources: Megatron-compatible indexed files (``indexed``), GPT sample indices
+(``gpt_dataset``), blending (``blended``), prompt/answer examples (``prompt_answer``), the train /
+validation builder (``build``), the built-in corpus (``default_corpus``) and the batch sources the
+trainer pulls from (``sources``, ``task_source``, ``classify_source``).  Import the submodules;
+this package imports none of them (no package-level import cycles)."""

@@ -17,35 +17,19 @@ from __future__ import annotations
 import math
 import os
 
+from megaproc.config import data_config, data_sources
 from megaproc.data.blended import BlendedDataset, normalize_weights, sample_weights
 from megaproc.data.gpt_dataset import GPTDataset, split_documents
 from megaproc.data.indexed import IndexedDataset
-from megaproc.data.mixin import JsonlTaskDataset
+from megaproc.data.prompt_answer import PromptAnswerDataset
 
 MIXIN_NAME = "mixin"
 _MARGIN = 1.005  # extra samples per source beyond its exact share (plus a few), as Megatron
 
 
-def _field(cfg, name: str, default=None):
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
-
-
-def parse_sources(entries, key: str) -> list[tuple[str, float]]:
-    """``(prefix, weight)`` pairs from plain prefix strings or ``{prefix, weight}`` entries."""
-    out = []
-    for i, entry in enumerate(entries or []):
-        if isinstance(entry, (str, os.PathLike)):
-            prefix, weight = str(entry), 1.0
-        else:
-            prefix, weight = _field(entry, "prefix"), _field(entry, "weight", 1.0)
-        if not prefix:
-            raise ValueError(f"{key}[{i}]: missing 'prefix'")
-        if weight is None or not float(weight) >= 0:
-            raise ValueError(f"{key}[{i}]: weight must be a non-negative number, got {weight!r}")
-        out.append((str(prefix), float(weight)))
-    return out
+def is_prompt_answer_file(path: str) -> bool:
+    """A ``.jsonl``/``.jsonl.gz`` path is a prompt/answer file; anything else an indexed prefix."""
+    return str(path).endswith((".jsonl", ".jsonl.gz"))
 
 
 def open_indexed(prefix: str, key: str) -> IndexedDataset:
@@ -56,11 +40,12 @@ def open_indexed(prefix: str, key: str) -> IndexedDataset:
     return IndexedDataset(prefix)
 
 
-def source_names(prefixes: list[str]) -> list[str]:
-    """Basename of each prefix, made unique with ``_2``, ``_3``... suffixes."""
+def source_names(sources) -> list[str]:
+    """Each source's ``name``, else the basename of its prefix, made unique with ``_2``,
+    ``_3``... suffixes."""
     names, seen = [], {}
-    for prefix in prefixes:
-        base = os.path.basename(os.path.normpath(prefix)) or prefix
+    for source in sources:
+        base = source.name or os.path.basename(os.path.normpath(source.prefix)) or source.prefix
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     return names
@@ -88,7 +73,7 @@ def build_mixin(path: str, tokenizer, seq_len: int, seed: int, cache_dir, sample
         return GPTDataset(IndexedDataset(path), seq_len, samples_for(seq_len + 1), seed,
                           cache_dir=cache_dir, name=MIXIN_NAME)
     if os.path.isfile(path):
-        examples = JsonlTaskDataset(path, tokenizer, seq_len, seed=seed, name=MIXIN_NAME)
+        examples = PromptAnswerDataset(path, tokenizer, seq_len, seed=seed, name=MIXIN_NAME)
         return examples.resized(samples_for(examples.mean_tokens_per_sample()))
     raise FileNotFoundError(f"data.mixin: not found: {path} (expected a .jsonl file or an "
                             "indexed prefix with .bin/.idx)")
@@ -96,12 +81,12 @@ def build_mixin(path: str, tokenizer, seq_len: int, seed: int, cache_dir, sample
 
 def open_source(path: str, key: str, tokenizer, seq_len: int, seed: int):
     """A blend source: an indexed prefix (``IndexedDataset``) or a prompt/answer ``.jsonl``
-    (``JsonlTaskDataset``, e.g. DeepMind Mathematics converted by ``data_tools.deepmind_math``,
+    (``PromptAnswerDataset``, e.g. DeepMind Mathematics converted by ``data_tools.deepmind_math``,
     trained with ``train.loss: answer_only``)."""
-    if path.endswith(".jsonl") or path.endswith(".jsonl.gz"):
+    if is_prompt_answer_file(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{key}: prompt/answer file not found: {path}")
-        return JsonlTaskDataset(path, tokenizer, seq_len, seed=seed, name=os.path.basename(path))
+        return PromptAnswerDataset(path, tokenizer, seq_len, seed=seed, name=os.path.basename(path))
     return open_indexed(path, key)
 
 
@@ -109,7 +94,7 @@ def sized_source(source, seq_len: int, num_samples: int, seed: int, document_ran
                  name: str):
     """``num_samples`` samples of an opened source (GPT samples of a document range of an
     indexed prefix, or passes over a ``.jsonl``'s examples)."""
-    if isinstance(source, JsonlTaskDataset):
+    if isinstance(source, PromptAnswerDataset):
         return source.resized(num_samples)
     return GPTDataset(source, seq_len, num_samples, seed, document_range=document_range,
                       cache_dir=cache_dir, name=name)
@@ -129,44 +114,39 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
                       valid_samples: int):
     """Build ``(train_dataset, valid_dataset_or_None, source_names)`` from ``data_cfg``.
 
-    ``data_cfg`` fields: ``train`` and ``valid`` (lists of prefixes or ``{prefix, weight}``; a
-    prefix ending in ``.jsonl`` is a prompt/answer file, see :func:`open_source`),
-    ``valid_fraction`` (documents held out of each train prefix when ``valid`` is empty),
-    ``blend_by`` (``"samples"``/``"tokens"``), ``mixin`` and ``mixin_percent``, ``cache_dir``.
-    The train blend has exactly ``train_samples`` samples; the valid blend (no mixin)
-    ``valid_samples``.  Source names are the prefix basenames, then ``"mixin"``.
+    ``data_cfg`` is a validated, resolved ``data`` section (:class:`megaproc.config.DataConfig`
+    whose ``train``/``valid`` are typed :class:`~megaproc.config.DataSourceConfig` entries, see
+    :func:`megaproc.runs.resolve`): ``train`` and ``valid`` (a prefix ending in ``.jsonl`` is a
+    prompt/answer file, see :func:`open_source`), ``valid_fraction`` (documents held out of
+    each train prefix when ``valid`` is empty), ``blend_by``, ``mixin`` and ``mixin_percent``,
+    ``cache_dir``.  The train blend has exactly ``train_samples`` samples; the valid blend (no
+    mixin) ``valid_samples``.  Source names are the sources' names (default: the prefix
+    basenames), then ``"mixin"``.
     """
-    train_sources = parse_sources(_field(data_cfg, "train"), "data.train")
+    data_cfg = data_config(data_cfg)
+    train_sources = data_sources(data_cfg.train, "data.train")
     if not train_sources:
-        raise ValueError("data.train: no training prefixes given")
-    valid_sources = parse_sources(_field(data_cfg, "valid"), "data.valid")
-    blend_by = _field(data_cfg, "blend_by", "samples") or "samples"
-    if blend_by not in ("samples", "tokens"):
-        raise ValueError(f"data.blend_by must be 'samples' or 'tokens', got {blend_by!r}")
-    cache_dir = _field(data_cfg, "cache_dir")
-    mixin = _field(data_cfg, "mixin")
-    mixin_percent = float(_field(data_cfg, "mixin_percent", 0.0) or 0.0)
-    if not 0.0 <= mixin_percent < 1.0:
-        raise ValueError(f"data.mixin_percent must be in [0, 1), got {mixin_percent}")
-    if mixin_percent > 0 and not mixin:
-        raise ValueError("data.mixin must be set when data.mixin_percent > 0")
+        raise ValueError("data.train: no training sources (resolve the config first)")
+    valid_sources = data_sources(data_cfg.valid, "data.valid")
+    blend_by, cache_dir = data_cfg.blend_by, data_cfg.cache_dir
+    mixin, mixin_percent = data_cfg.mixin, float(data_cfg.mixin_percent)
     use_mixin = bool(mixin) and mixin_percent > 0
 
-    train_opened = [open_source(p, f"data.train[{i}]", tokenizer, seq_len, seed)
-                    for i, (p, _) in enumerate(train_sources)]
-    valid_opened = [open_source(p, f"data.valid[{i}]", tokenizer, seq_len, seed)
-                    for i, (p, _) in enumerate(valid_sources)]
-    names = source_names([p for p, _ in train_sources])
-    real = normalize_weights([w for _, w in train_sources]) * (1.0 - mixin_percent)
+    train_opened = [open_source(s.prefix, f"data.train[{i}]", tokenizer, seq_len, seed)
+                    for i, s in enumerate(train_sources)]
+    valid_opened = [open_source(s.prefix, f"data.valid[{i}]", tokenizer, seq_len, seed)
+                    for i, s in enumerate(valid_sources)]
+    names = source_names(train_sources)
+    real = normalize_weights([s.weight for s in train_sources]) * (1.0 - mixin_percent)
     weights = list(real) + ([mixin_percent] if use_mixin else [])
 
     train_ranges, valid_ranges = [None] * len(train_opened), []
-    valid_fraction = float(_field(data_cfg, "valid_fraction", 0.0) or 0.0)
+    valid_fraction = float(data_cfg.valid_fraction)
     if not valid_sources and valid_fraction > 0:
         # Held-out document ranges of the indexed sources; a .jsonl source holds none out
         # (give data.valid for it).
         for j, ix in enumerate(train_opened):
-            if isinstance(ix, JsonlTaskDataset):
+            if isinstance(ix, PromptAnswerDataset):
                 valid_ranges.append(None)
                 continue
             try:
@@ -178,7 +158,7 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
     sample_length = seq_len + 1  # GPTDataset samples carry the extra label token
 
     def tokens_per_sample(source) -> float:
-        return source.mean_tokens_per_sample() if isinstance(source, JsonlTaskDataset) \
+        return source.mean_tokens_per_sample() if isinstance(source, PromptAnswerDataset) \
             else float(sample_length)
 
     def sample_shares(mixin_tokens: float | None = None):
@@ -206,12 +186,12 @@ def build_train_valid(data_cfg, tokenizer, seq_len: int, seed: int, train_sample
     valid = None
     if valid_sources:
         v_opened, v_ranges = valid_opened, [None] * len(valid_opened)
-        v_weights = normalize_weights([w for _, w in valid_sources])
-        v_names = source_names([p for p, _ in valid_sources])
+        v_weights = normalize_weights([s.weight for s in valid_sources])
+        v_names = source_names(valid_sources)
     else:
         kept = [j for j, r in enumerate(valid_ranges) if r is not None]
         v_opened, v_ranges = [train_opened[j] for j in kept], [valid_ranges[j] for j in kept]
-        v_weights = normalize_weights([train_sources[j][1] for j in kept]) if kept else []
+        v_weights = normalize_weights([train_sources[j].weight for j in kept]) if kept else []
         v_names = [names[j] for j in kept]
     if valid_samples > 0 and v_opened:
         v_sets = [sized_source(ix, seq_len, samples_needed(v_weights[j], valid_samples), seed,

@@ -39,6 +39,7 @@ import torch
 
 from megaproc import distributed as dist_utils
 from megaproc.data.batch import rank_sample_indices
+from megaproc.errors import ResumeError
 from megaproc.loss import classification_loss
 
 SOURCE_NAME = "boolean"
@@ -76,7 +77,8 @@ class ClassifyBatchSource:
     def __init__(self, train: Sequence[tuple[list[int], int]],
                  test: Sequence[tuple[list[int], int]], micro_batch: int, grad_accum: int,
                  world_size: int, rank: int, seed: int, pad_id: int,
-                 dataset_id: str = "", log: Callable[[str], None] | None = None):
+                 dataset_id: str = "", log: Callable[[str], None] | None = None,
+                 data_notes: dict | None = None):
         if not train:
             raise ValueError("the classification train split is empty")
         self.examples = {"train": list(train), "test": list(test)}
@@ -84,6 +86,7 @@ class ClassifyBatchSource:
         self.world_size, self.rank = int(world_size), int(rank)
         self.seed, self.pad_id = int(seed), int(pad_id)
         self.dataset_id = dataset_id
+        self.data_notes = dict(data_notes or {})  # how the splits were drawn (metrics.json)
         self.width = max(len(ids) for split in self.examples.values() for ids, _ in split)
         self.names = [SOURCE_NAME]
         self.log = log or (lambda message: None)
@@ -153,8 +156,6 @@ class ClassifyBatchSource:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; refuses other data or another order seed."""
-        from megaproc.checkpoint import ResumeError
-
         mine = {"train_size": self.train_size, "order_seed": self.seed,
                 "dataset": self.dataset_id}
         changed = [f"{k}: {state.get(k)!r} -> {v!r}" for k, v in mine.items()
@@ -211,35 +212,3 @@ class ClassifyBatchSource:
                 out[f"{split}_loss"], out[f"{split}_acc"] = result["loss"], result["accuracy"]
         return out
 
-
-def build_classify_source(cfg, tokenizer, rank: int, world_size: int,
-                          log: Callable[[str], None] | None = None):
-    """``(ClassifyBatchSource, None)`` for a run with ``classify.target_func`` set.
-
-    The second value is the LM validation dataset of other runs: classification evaluates
-    through :meth:`ClassifyBatchSource.evaluate` instead.
-    """
-    from megaproc.models.classification import classifier_encoder, run_tokenizer
-    from megaproc.synthetic.boolean_data import load_or_make_splits
-
-    c, t = cfg.classify, cfg.train
-    log = log or (lambda message: None)
-    args = (c.target_func, c.sequence_length, c.train_set_size, c.test_set_size, cfg.run.seed)
-    # Local rank 0 of each node generates (or reads) the cached files first; the others wait
-    # and then read them.  Every rank reaches exactly one barrier.
-    first = dist_utils.local_rank() == 0
-    if not first:
-        dist_utils.barrier()
-    splits = load_or_make_splits(*args, cache_dir=c.cache_dir)
-    if first:
-        dist_utils.barrier()
-    encode = classifier_encoder(cfg.model, c, run_tokenizer(cfg, tokenizer))
-    encoded = {name: [(encode(seq), label) for seq, label in splits.split(name)]
-               for name in SPLITS}
-    how = "read from" if splits.from_cache else "generated into"
-    log(f"classification data {c.target_func} L={c.sequence_length}: train "
-        f"{len(splits.train)}, test {len(splits.test)} ({how} {splits.cache_path})")
-    source = ClassifyBatchSource(encoded["train"], encoded["test"], t.micro_batch, t.grad_accum,
-                                 world_size, rank, cfg.run.seed, encode.pad_id,
-                                 dataset_id=f"{c.target_func}|{splits.derived_seed}", log=log)
-    return source, None

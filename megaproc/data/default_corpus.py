@@ -10,7 +10,6 @@ temporary directory and renamed, so an interrupted build is never mistaken for a
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import sysconfig
@@ -18,16 +17,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from megaproc.data.indexed import IndexedDatasetBuilder, best_dtype
+from megaproc.files import atomic_write_json, cache_root
 
 FORMAT_VERSION = 1
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__"}
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-
-
-def cache_root() -> Path:
-    """Where megaproc caches built-in data."""
-    return Path(os.environ.get("MEGAPROC_CACHE", Path.home() / ".cache" / "megaproc"))
 
 
 def stdlib_source_files() -> list[Path]:
@@ -52,9 +51,6 @@ def read_documents(files: list[Path]) -> list[str]:
 
 def train_tokenizer(docs: list[str], vocab_size: int, out_dir: Path):
     """Train a byte-level BPE tokenizer and save it as a HF fast-tokenizer directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -71,8 +67,6 @@ def train_tokenizer(docs: list[str], vocab_size: int, out_dir: Path):
 
 def write_corpus(docs: list[str], tokenizer, prefix: Path) -> dict:
     """Tokenize documents (eos appended) into PREFIX.bin/.idx; return counts."""
-    from megaproc.data.indexed import IndexedDatasetBuilder, best_dtype
-
     backend = tokenizer.backend_tokenizer
     eos = tokenizer.eos_token_id
     dtype = best_dtype(len(tokenizer))
@@ -87,12 +81,18 @@ def write_corpus(docs: list[str], tokenizer, prefix: Path) -> dict:
     return {"documents": len(docs), "tokens": tokens, "dtype": np.dtype(dtype).name}
 
 
+def default_corpus_paths(vocab_size: int = 2048, root: Path | None = None) -> tuple[Path, Path]:
+    """``(tokenizer_dir, indexed_prefix)`` of the built-in corpus (whether built yet or not)."""
+    final = (Path(root) if root else cache_root()) / f"stdlib_code_v{FORMAT_VERSION}_bpe{vocab_size}"
+    return final / "tokenizer", final / "corpus"
+
+
 def ensure_default_corpus(vocab_size: int = 2048, root: Path | None = None,
                           log=print) -> tuple[Path, Path]:
     """Build (once) and return ``(tokenizer_dir, indexed_prefix)`` of the built-in corpus."""
     root = Path(root) if root else cache_root()
-    final = root / f"stdlib_code_v{FORMAT_VERSION}_bpe{vocab_size}"
-    tokenizer_dir, prefix = final / "tokenizer", final / "corpus"
+    tokenizer_dir, prefix = default_corpus_paths(vocab_size, root)
+    final = tokenizer_dir.parent
     if (final / "meta.json").is_file():
         return tokenizer_dir, prefix
     root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def ensure_default_corpus(vocab_size: int = 2048, root: Path | None = None,
         counts = write_corpus(docs, tokenizer, tmp / "corpus")
         meta = {"format_version": FORMAT_VERSION, "source": sysconfig.get_paths()["stdlib"],
                 "files": len(files), "vocab_size": len(tokenizer), **counts}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        atomic_write_json(tmp / "meta.json", meta)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

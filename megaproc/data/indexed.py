@@ -27,6 +27,7 @@ import struct
 import uuid
 
 import numpy as np
+
 from megaproc.errors import UserError
 
 MAGIC = b"MMIDIDX\x00\x00"

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from megaproc import distributed as dist_utils
-from megaproc.checkpoint import ResumeError
-from megaproc.synthetic import GraphSearchGenerator, ReservedPrompts
-from megaproc.data.task_encoding import TaskEncoder, collate_task
 from megaproc.data.prefetch import ChainPrefetcher
+from megaproc.data.prompt_answer import PromptAnswerEncoder, collate_prompt_answer
+from megaproc.errors import ResumeError
+from megaproc.synthetic import GraphSearchGenerator, ReservedPrompts
 
 SOURCE_NAME = "graph_search"
 SKIP_REASONS = ("rejected", "reserved", "too_long")
@@ -47,7 +48,7 @@ PREFETCH_DEPTH = 4  # micro-batches built ahead
 class TaskBatchSource:
     """Micro-batches of live task examples for one rank (the trainer's batch-source interface)."""
 
-    def __init__(self, generator: GraphSearchGenerator, encoder: TaskEncoder, micro_batch: int,
+    def __init__(self, generator: GraphSearchGenerator, encoder: PromptAnswerEncoder, micro_batch: int,
                  grad_accum: int, world_size: int, rank: int, pad_id: int, seq_len: int,
                  stage: int = 1, reserved=frozenset(), prefetch: bool = True, log=None):
         self.generator = generator
@@ -138,7 +139,7 @@ class TaskBatchSource:
         """``((batch, end_position, skip_counts), next_key)`` for the micro-batch at ``key``."""
         position, stage = key
         examples, _, end, counts = self.lane_examples(position, stage, self.micro_batch)
-        return (collate_task(answer_rows(examples), self.pad_id), end, counts), (end, stage)
+        return (collate_prompt_answer(answer_rows(examples), self.pad_id), end, counts), (end, stage)
 
     # ------------------------------------------------------------------ interface
     def micro_batch_at(self, micro_step: int) -> dict:
@@ -252,8 +253,6 @@ def check_split_settings(split_dir: str, generator: GraphSearchGenerator, log) -
 def build_task_source(task_cfg, train_cfg, start_stage: int, tokenizer, rank: int,
                       world_size: int, pad_id: int, log) -> TaskBatchSource:
     """The batch source of a run with ``task.kind: graph_search`` (``log`` takes one message)."""
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generator = GraphSearchGenerator(task_cfg.max_input_size, task_cfg.max_lookahead,
@@ -268,6 +267,6 @@ def build_task_source(task_cfg, train_cfg, start_stage: int, tokenizer, rank: in
         reserved = ReservedPrompts.from_split_dir(task_cfg.splits_dir)
         log(f"task: {len(reserved)} reserved eval/test/mixin prompts are excluded from training")
     t = train_cfg
-    return TaskBatchSource(generator, TaskEncoder(tokenizer), t.micro_batch, t.grad_accum,
+    return TaskBatchSource(generator, PromptAnswerEncoder(tokenizer), t.micro_batch, t.grad_accum,
                            world_size, rank, pad_id, t.seq_len, stage=start_stage,
                            reserved=reserved, prefetch=task_cfg.prefetch, log=log)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.data.task_encoding import is_word_character
+from megaproc.data.prompt_answer import is_word_character
 
 
 def word_continuation_table(tokenizer, vocab_size: int | None = None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Examples are ``{"prompt", "answer", "module"[, "split"]}`` records, as
 ``python -m data_tools.deepmind_math`` writes them.  For each one the model decodes greedily
 after ``[bos] + ids(prompt)`` - the prompt part of the training layout of
-:class:`megaproc.data.mixin.JsonlTaskDataset` (BOS only when the tokenizer defines one) - until
+:class:`megaproc.data.prompt_answer.PromptAnswerDataset` (BOS only when the tokenizer defines one) - until
 it emits EOS or a newline, and the example is correct when the decoded text, cut at the first
 newline and stripped, equals the stripped answer.
 

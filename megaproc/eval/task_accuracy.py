@@ -26,11 +26,8 @@ import numpy as np
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.data.task_encoding import TaskEncoder, collate_task
-from megaproc.eval.answer_correctness import (
-    teacher_forced_correct,
-    word_continuation_table,
-)
+from megaproc.data.prompt_answer import PromptAnswerEncoder, collate_prompt_answer
+from megaproc.eval.answer_correctness import teacher_forced_correct, word_continuation_table
 from megaproc.eval.rows import json_rows
 from megaproc.loss import per_row_sums
 
@@ -65,7 +62,7 @@ class HeldoutEvaluator:
 
     def __init__(self, records: list[dict], tokenizer, max_tokens: int, batch_size: int = 16,
                  rank: int = 0, world_size: int = 1, pad_id: int | None = None):
-        self.encoder = TaskEncoder(tokenizer)
+        self.encoder = PromptAnswerEncoder(tokenizer)
         self.continues_word = word_continuation_table(tokenizer)
         self.last_correct = None   # per local example, from the latest run()
         self.batch_size = max(1, int(batch_size))
@@ -101,7 +98,7 @@ class HeldoutEvaluator:
         for b in range(num_batches):
             chunk = self.rows[b * self.batch_size:(b + 1) * self.batch_size]
             samples = [sample for _, _, sample in chunk] or [self._dummy()]
-            batch = collate_task(samples, self.pad_id)
+            batch = collate_prompt_answer(samples, self.pad_id)
             labels = batch["labels"].to(device)
             logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             row_correct = teacher_forced_correct(logits, labels, batch["word_mask"],

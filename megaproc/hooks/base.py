@@ -1,18 +1,28 @@
 """Hook interface for the train loop, and the ordered set of a run's hooks.
 
-A hook adds behaviour at a small fixed set of events and owns its state.  Every hook has a
-``name`` (unique in a run; its ``state_dict`` lands in checkpoints under it) and a ``priority``:
-hooks run in ascending priority at every event, and :meth:`Hooks.close` runs them in reverse.
+A hook adds behaviour at a small fixed set of events and owns its state (OLMo-core's callbacks).
+Every hook has a ``name`` (unique in a run; its ``state_dict`` lands in checkpoints under it) and a
+``priority``: hooks run in ascending priority at every event, and :meth:`Hooks.close` runs them in
+reverse.  After each optimizer step the trainer fires, in this order:
+
+1. ``on_step_end(trainer)``: hooks do their work for the step (curriculum check, evaluations,
+   the preemption check) and record metrics with ``trainer.record_metric(name, value)``;
+2. ``on_log(trainer, metrics)`` on log steps: the step's metrics (the trainer's own plus every
+   recorded one) go to the loggers, so no hook depends on another's position in a shared dict;
+3. ``on_step_complete(trainer)``: the point where this step's checkpoint is taken (periodic, or
+   asked for with ``trainer.request_checkpoint()``, e.g. by preemption) - after its log record.
+
 Priorities in use (leave gaps for new hooks):
 
 ====  =====================================================================
- 20   curriculum (adds ``curr_acc, stage, alpha`` before logging sees the metrics)
+ 20   curriculum (records ``curr_acc, stage, alpha``; advances the stage)
  30   task_eval (periodic held-out task accuracy)
  40   benchmark evals (HellaSwag, EWoK)
+ 45   classify_eval (whole-split classification metrics at epoch points)
  50   validation (validation loss; calls ``on_eval`` of every hook)
  60   logging (train.jsonl, progress bar, TensorBoard, wandb)
- 70   checkpointing (periodic and final saves)
- 80   preemption (signal -> save -> exit 75)
+ 65   preemption (signal -> ask for a checkpoint -> stop with exit 75)
+ 70   checkpointing (the one hook that saves: periodic, requested and final)
 ====  =====================================================================
 
 A hook ends training through the one stop channel, ``trainer.request_stop(reason, exit_code)``.
@@ -50,8 +60,14 @@ class Hook:
         """Called after forward with per-token losses; may return a replacement loss."""
         return loss
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict) -> None:
-        """Called after each optimizer step; may add entries to ``metrics``."""
+    def on_step_end(self, trainer: "Trainer") -> None:
+        """Called after each optimizer step; record metrics with ``trainer.record_metric``."""
+
+    def on_log(self, trainer: "Trainer", metrics: dict) -> None:
+        """Called on log steps with the step's metrics (read-only for hooks)."""
+
+    def on_step_complete(self, trainer: "Trainer") -> None:
+        """Called last for each step, after its log record (checkpoints are taken here)."""
 
     def on_eval(self, trainer: "Trainer", metrics: dict) -> None:
         """Called after an evaluation with its record."""
@@ -111,10 +127,13 @@ class Hooks:
         return " -> ".join(f"{h.name}({h.priority})" for h in self._hooks)
 
     # Events ---------------------------------------------------------------------------
+    def _each(self, event: str, *args) -> None:
+        for hook in self._hooks:
+            getattr(hook, event)(*args)
+
     def on_train_start(self, trainer) -> None:
         """Dispatch ``on_train_start``."""
-        for hook in self._hooks:
-            hook.on_train_start(trainer)
+        self._each("on_train_start", trainer)
 
     def on_batch(self, trainer, batch: dict) -> dict:
         """Chain ``on_batch`` (each hook sees the previous one's batch)."""
@@ -128,30 +147,33 @@ class Hooks:
             loss = hook.on_loss(trainer, batch, logits, per_token_loss, loss)
         return loss
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         """Dispatch ``on_step_end``."""
-        for hook in self._hooks:
-            hook.on_step_end(trainer, metrics)
+        self._each("on_step_end", trainer)
+
+    def on_log(self, trainer, metrics: dict) -> None:
+        """Dispatch ``on_log``."""
+        self._each("on_log", trainer, metrics)
+
+    def on_step_complete(self, trainer) -> None:
+        """Dispatch ``on_step_complete``."""
+        self._each("on_step_complete", trainer)
 
     def on_eval(self, trainer, metrics: dict) -> None:
         """Dispatch ``on_eval``."""
-        for hook in self._hooks:
-            hook.on_eval(trainer, metrics)
+        self._each("on_eval", trainer, metrics)
 
     def on_save(self, trainer, ckpt_dir: str) -> None:
         """Dispatch ``on_save``."""
-        for hook in self._hooks:
-            hook.on_save(trainer, ckpt_dir)
+        self._each("on_save", trainer, ckpt_dir)
 
     def on_load(self, trainer, ckpt_dir: str) -> None:
         """Dispatch ``on_load``."""
-        for hook in self._hooks:
-            hook.on_load(trainer, ckpt_dir)
+        self._each("on_load", trainer, ckpt_dir)
 
     def on_train_end(self, trainer) -> None:
         """Dispatch ``on_train_end``."""
-        for hook in self._hooks:
-            hook.on_train_end(trainer)
+        self._each("on_train_end", trainer)
 
     def on_error(self, trainer, error: BaseException) -> None:
         """Dispatch ``on_error``; a hook failing here must not hide the original error."""

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from types import SimpleNamespace
 
 from megaproc import distributed as dist_utils
-from megaproc.eval.loglik import LoglikScorer, hf_logits_fn
+from megaproc.eval.ewok import evaluate_ewok, load_ewok
+from megaproc.eval.hellaswag import evaluate_hellaswag, load_hellaswag
+from megaproc.eval.loglik import LoglikScorer, context_length, hf_logits_fn
+from megaproc.eval.mode import evaluation_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog, drop_records_after
 
@@ -37,9 +39,6 @@ class BenchmarkEvalHook(Hook):
 
     def __init__(self, eval_cfg, run_dir: Path, tokenizer, max_length: int, rank: int,
                  world_size: int, batch_size: int = 16):
-        from megaproc.eval.ewok import load_ewok
-        from megaproc.eval.hellaswag import load_hellaswag
-
         self.cfg = eval_cfg
         self.run_dir = Path(run_dir)
         self.log = EvalLog(run_dir)
@@ -52,23 +51,25 @@ class BenchmarkEvalHook(Hook):
         self.scorer = LoglikScorer(tokenizer, max_length, batch_size)
         self.last_step = None
 
+    @classmethod
+    def from_config(cls, eval_cfg, inputs) -> "BenchmarkEvalHook":
+        """The hook of a run (``inputs``: :class:`megaproc.runs.base.HookInputs`); benchmarks are
+        scored at the model's own context, not the training sequence length."""
+        context = context_length(SimpleNamespace(config=inputs.hf_config))
+        return cls(eval_cfg, inputs.run_dir, inputs.tokenizer, context, inputs.rank,
+                   inputs.world_size)
+
     def due(self, step: int) -> list[str]:
         """The benchmarks whose period divides ``step``."""
         return [name for name, every in self.every.items() if every and step % every == 0]
 
-    @torch.no_grad()
     def run(self, trainer, names: list[str]) -> dict:
         """Evaluate ``names`` (collective), write one record and return it."""
-        from megaproc.eval.ewok import evaluate_ewok
-        from megaproc.eval.hellaswag import evaluate_hellaswag
-
         engine = trainer.engine
-        was_training = engine.training
-        engine.eval()
         self.scorer.device = trainer.device
         logits_fn = hf_logits_fn(engine)
         metrics: dict = {}
-        try:
+        with evaluation_mode(engine):
             if "hellaswag" in names and self.hellaswag is not None:
                 summary, _ = evaluate_hellaswag(self.scorer, logits_fn, self.hellaswag,
                                                 self.rank, self.world_size)
@@ -84,9 +85,6 @@ class BenchmarkEvalHook(Hook):
                 metrics.update({f"ewok_domain/{domain}": value
                                 for domain, value in summary["sum"]["by_domain"].items()})
                 self._write_items(trainer.step, rows)
-        finally:
-            if was_training:
-                engine.train()
         self.last_step = trainer.step
         return self.log.write(trainer, metrics, event="benchmark")
 
@@ -102,7 +100,7 @@ class BenchmarkEvalHook(Hook):
         if dist_utils.is_main():
             drop_records_after(self.items_path, trainer.step)
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         names = self.due(trainer.step)
         if names:
             self.run(trainer, names)

@@ -1,4 +1,5 @@
-"""Periodic checkpoints every ``checkpoint.save_every`` steps, and a final one when training ends."""
+"""The one hook that saves checkpoints: every ``checkpoint.save_every`` steps, when a hook asks
+(``trainer.request_checkpoint()``, e.g. preemption), and a final one when training ends."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ class CheckpointHook(Hook):
     def __init__(self, ckpt_cfg):
         self.cfg = ckpt_cfg
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if self.cfg.save_every and trainer.step % self.cfg.save_every == 0:
+    def on_step_complete(self, trainer) -> None:
+        periodic = self.cfg.save_every and trainer.step % self.cfg.save_every == 0
+        if periodic or trainer.checkpoint_requested:
             trainer.save_checkpoint()
 
     def on_train_end(self, trainer) -> None:

@@ -2,41 +2,28 @@
 
 Evaluation points: the start of a fresh run (epoch 0), every ``classify.eval_every_epochs``
 epochs, and the end of training.  Each point evaluates the whole train and test splits
-(collective: every rank scores its share, sums are all-reduced) and writes, besides the
-``logs/eval.jsonl`` record (``epoch, train_loss, train_acc, test_loss, test_acc``), the seed's
-per-run files (rank 0):
-
-* ``metrics.json`` — arrays per evaluation point: ``{"step": [...], "epoch": [...],
-  "train_loss": [...], "train_acc": [...], "test_loss": [...], "test_acc": [...]}``;
-* ``logs.log`` — one line per evaluation point;
-* ``config.json`` — the resolved config, written at the start unless the run's launcher
-  (``python -m megaproc.classify``, ``python -m megaproc.sweep``) already wrote its own.
-
-Both derived files are rebuilt from ``logs/eval.jsonl`` at every point, so a resume (which
-drops records past the resumed step) keeps them consistent.
+(collective: every rank scores its share, sums are all-reduced) and writes the
+``logs/eval.jsonl`` record (``epoch, train_loss, train_acc, test_loss, test_acc``); the seed's
+per-run files (``metrics.json``, ``logs.log``, ``config.json``) are rebuilt from those records
+by :mod:`megaproc.seed_compat.outputs`, so a resume (which drops records past the resumed step)
+keeps them consistent.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
 from megaproc import distributed as dist_utils
 from megaproc.console_log import get_logger
+from megaproc.eval.mode import evaluation_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
+from megaproc.seed_compat.outputs import (CLASSIFY_EVENT, CLASSIFY_METRIC_KEYS,
+                                          write_classify_files, write_config_json)
 
 log = get_logger(__name__)
-METRIC_KEYS = ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class ClassifyEvalHook(Hook):
@@ -60,53 +47,32 @@ class ClassifyEvalHook(Hook):
     def run(self, trainer) -> dict:
         """Evaluate both splits (collective) and write the record and the per-run files."""
         engine = trainer.engine
-        engine.eval()
-        try:
+        with evaluation_mode(engine):
             metrics = self.source.evaluate_all(
                 lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
                 self.batch_size, trainer.device)
-        finally:
-            engine.train()
         epoch = trainer.step / self.steps_per_epoch
-        record = self.log.write(trainer, metrics, epoch=epoch, event="classify")
+        record = self.log.write(trainer, metrics, epoch=epoch, event=CLASSIFY_EVENT)
         self.last_step = trainer.step
         if dist_utils.is_main():
             self._write_files()
-            parts = ", ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS[2:] if k in metrics)
+            parts = ", ".join(f"{k} {metrics[k]:.4f}" for k in CLASSIFY_METRIC_KEYS[2:]
+                              if k in metrics)
             log.info(f"classification eval at step {trainer.step} (epoch {epoch:.2f}): {parts}")
         return record
 
-    def _records(self) -> list[dict]:
-        if not self.log.path.is_file():
-            return []
-        out = []
-        for line in self.log.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == "classify":
-                out.append(record)
-        return out
-
     def _write_files(self) -> None:
-        records = self._records()
-        arrays = {key: [r.get(key) for r in records] for key in METRIC_KEYS}
-        _write_atomic(self.run_dir / "metrics.json", json.dumps(arrays, indent=1))
-        lines = [" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
-                          for k in METRIC_KEYS if k in r) for r in records]
-        _write_atomic(self.run_dir / "logs.log", "".join(line + "\n" for line in lines))
+        write_classify_files(self.run_dir, self.log.path, getattr(self.source, "data_notes", None))
 
     def on_train_start(self, trainer) -> None:
         self.log.open(trainer.step)
         if dist_utils.is_main():
-            if not (self.run_dir / "config.json").is_file():
-                _write_atomic(self.run_dir / "config.json", json.dumps(self.config_dict, indent=2))
+            write_config_json(self.run_dir, self.config_dict)
             self._write_files()
         if trainer.step == 0:
             self.run(trainer)
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         if trainer.step % self.every == 0:
             self.run(trainer)
 

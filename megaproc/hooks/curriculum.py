@@ -22,7 +22,7 @@ Advancing
 
 Logs and state
     On log steps ``train.jsonl`` gets ``curr_acc`` (window accuracy, None while empty),
-    ``stage`` and ``alpha`` of the step just trained (the hook runs before the logging hook).
+    ``stage`` and ``alpha`` of the step just trained (recorded through the trainer).
     ``logs/eval.jsonl`` gets ``step, stage, alpha, heldout_acc, heldout_loss, num_examples,
     timestamp`` (+ ``event``, ``num_dropped``); an ``advance`` or ``completed`` record also has
     ``passed_stage``, the stage whose window just reached the threshold (``completed`` is the
@@ -156,9 +156,11 @@ class CurriculumHook(Hook):
         self.record(examples_correct(rows, batch.get("example_id"), batch.get("primary")))
         return loss
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if "loss" in metrics:
-            metrics.update(curr_acc=self.window_accuracy(), stage=self.stage, alpha=self.alpha)
+    def on_step_end(self, trainer) -> None:
+        # The step just trained, before a possible advance (logged on log steps).
+        trainer.record_metric("curr_acc", self.window_accuracy())
+        trainer.record_metric("stage", self.stage)
+        trainer.record_metric("alpha", self.alpha)
         if self.should_advance(trainer.step):
             self.advance(trainer)
 

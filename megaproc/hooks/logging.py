@@ -9,7 +9,7 @@ from megaproc import distributed as dist_utils
 from megaproc.console_log import get_logger
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import JsonlWriter, drop_records_after
-
+from megaproc.plot import plot_run
 
 log = get_logger(__name__)
 
@@ -44,18 +44,18 @@ class LoggingHook(Hook):
 
             self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
         if self.cfg.wandb and self.cfg.wandb_mode != "disabled":
-            import wandb
+            import wandb  # optional (megaproc[logging]); resolve() refuses the config without it
 
             self.wandb_run = wandb.init(project=self.cfg.wandb_project, mode=self.cfg.wandb_mode,
                                         dir=str(self.run_dir), name=self.run_dir.name,
                                         config=trainer.config_dict, resume="allow")
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if not dist_utils.is_main():
-            return
+    def on_step_end(self, trainer) -> None:
         if self.progress is not None:
-            self.progress.update(metrics["step"] - self.progress.n)
-        if "loss" not in metrics:
+            self.progress.update(trainer.step - self.progress.n)
+
+    def on_log(self, trainer, metrics: dict) -> None:
+        if not dist_utils.is_main():
             return
         record = dict(metrics, timestamp=time.time())
         self.writer.write(record)
@@ -80,8 +80,6 @@ class LoggingHook(Hook):
 
     def on_train_end(self, trainer) -> None:
         if self.cfg.plot_at_end and dist_utils.is_main():
-            from megaproc.plot import plot_run
-
             written = plot_run(self.run_dir)
             log.info(f"wrote {len(written)} plots to {written[0].parent if written else self.run_dir}")
 

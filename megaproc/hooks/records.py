@@ -9,11 +9,12 @@ long-lived handle would point at the file that start-up replaced.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from megaproc import distributed as dist_utils
+from megaproc.files import atomic_write_text, iter_jsonl
+from megaproc.seed_compat.outputs import write_step_metrics
 
 
 class JsonlWriter:
@@ -39,29 +40,21 @@ def drop_records_after(path: str | Path, step: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill during the write
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    # A line torn by a kill during the write is dropped with the rest of the unreadable ones.
+    kept = [json.dumps(r, default=float) for r in iter_jsonl(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class EvalLog:
     """Appends evaluation records to ``RUN_DIR/logs/eval.jsonl`` and tells every hook.
 
-    ``RUN_DIR/step_metrics.json`` (the seed prototype's file) is rewritten after every record:
-    ``{"<step>": {metric: value, ...}}`` with the records of one step merged, so validation,
-    held-out task accuracy and benchmarks of a step sit side by side.
+    The seed prototype's ``RUN_DIR/step_metrics.json`` is rebuilt from the log after every record
+    (:func:`megaproc.seed_compat.outputs.write_step_metrics`).
     """
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "logs" / "eval.jsonl"
-        self.step_metrics = Path(run_dir) / "step_metrics.json"
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "logs" / "eval.jsonl"
 
     def open(self, step: int) -> None:
         """Drop records after ``step`` (rank 0; idempotent, so every eval hook may call it)."""
@@ -70,18 +63,7 @@ class EvalLog:
             self._write_step_metrics()
 
     def _write_step_metrics(self) -> None:
-        merged: dict[str, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                merged.setdefault(str(record.get("step", 0)), {}).update(
-                    {k: v for k, v in record.items() if k not in ("step", "timestamp")})
-        tmp = self.step_metrics.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, indent=1, default=float))
-        os.replace(tmp, self.step_metrics)
+        write_step_metrics(self.run_dir, self.path)
 
     def write(self, trainer, metrics: dict, **fields) -> dict:
         """Write ``{step, **fields, **metrics, timestamp}`` (rank 0), call ``on_eval`` of every

@@ -12,19 +12,19 @@ import os
 from pathlib import Path
 
 from megaproc.eval.task_accuracy import (HeldoutEvaluator, heldout_metrics_of_engine,
-                                        load_eval_records)
+                                         load_eval_records)
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 
 
-def build_heldout_evaluator(task_cfg, subset_size: int, tokenizer, max_tokens: int, rank: int,
-                            world_size: int, pad_id: int) -> HeldoutEvaluator | None:
-    """Evaluator over ``subset_size`` seeded random examples of ``task.splits_dir/eval.jsonl``
-    (seed ``task.seed``), or None without a splits dir."""
+def build_heldout_evaluator(task_cfg, tokenizer, max_tokens: int, rank: int, world_size: int,
+                            pad_id: int) -> HeldoutEvaluator | None:
+    """Evaluator over ``task.eval_subset_size`` seeded random examples of
+    ``task.splits_dir/eval.jsonl`` (seed ``task.seed``), or None without a splits dir."""
     if not task_cfg.splits_dir:
         return None
     path = os.path.join(task_cfg.splits_dir, "eval.jsonl")
-    records = load_eval_records(path, subset_size, seed=task_cfg.seed)
+    records = load_eval_records(path, task_cfg.eval_subset_size, seed=task_cfg.seed)
     return HeldoutEvaluator(records, tokenizer, max_tokens, batch_size=task_cfg.eval_batch_size,
                             rank=rank, world_size=world_size, pad_id=pad_id)
 
@@ -63,6 +63,6 @@ class TaskEvalHook(Hook):
         if trainer.step == 0:
             self.heldout.record(trainer, event="start")
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         if self.every and trainer.step % self.every == 0:
             self.heldout.record(trainer, event="periodic")

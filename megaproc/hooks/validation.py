@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from megaproc.data.batch import collate, rank_sample_indices
 from megaproc.eval.lm import lm_metrics
+from megaproc.eval.mode import evaluation_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 
 # The batch mask validation averages over for a ``train.loss`` that trains only some tokens.
 VALIDATION_MASK = {"answer_only": "answer_mask", "answer_word": "word_mask"}
+
+
+def validation_mask_key(loss_kind: str) -> str | None:
+    """The batch mask validation averages over for ``train.loss = loss_kind`` (None: all)."""
+    return VALIDATION_MASK.get(loss_kind)
 
 
 class ValidationHook(Hook):
@@ -47,22 +51,18 @@ class ValidationHook(Hook):
             yield collate([self.dataset[int(i)] for i in indices], self.pad_id,
                           pad_to=self.seq_len + 1)
 
-    @torch.no_grad()
     def run(self, trainer) -> dict:
         """Evaluate with the engine in eval mode (dropout off); write and return the record."""
         engine = trainer.engine
-        engine.eval()
-        try:
+        with evaluation_mode(engine):
             metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
                                  self.batches(), trainer.device, mask_key=self.mask_key)
-        finally:
-            engine.train()
         return self.log.write(trainer, metrics)
 
     def on_train_start(self, trainer) -> None:
         self.log.open(trainer.step)
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
+    def on_step_end(self, trainer) -> None:
         if self.cfg.every and trainer.step % self.cfg.every == 0:
             self.run(trainer)
 

@@ -38,9 +38,12 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from megaproc.models.factory import DEFAULT_ATTN_IMPLEMENTATION, model_config, zero3_construction
 from megaproc.models.overrides import parse_overrides
+from megaproc.synthetic.boolean import get_function
+from megaproc.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,6 @@ def _fields(cfg: Any, names: tuple[str, ...]) -> dict:
 
 
 def _alphabet(target_func: Optional[str]) -> str:
-    from megaproc.synthetic.boolean import get_function  # pure data code, no torch at import
-
     if target_func is None:
         raise ValueError("a sequence classifier needs classify.target_func")
     return get_function(target_func).alphabet
@@ -199,8 +200,6 @@ def _quiet_transformers():
     transformers warns whenever that is not below ``max_position_embeddings`` (here ``L + 2``);
     the frequencies are still the published ones, so the warning says nothing about us.
     """
-    from transformers.utils import logging as hf_logging
-
     class _Quiet:
         def __enter__(self):
             self.level = hf_logging.get_verbosity()
@@ -305,8 +304,6 @@ def classifier_encoder(model_cfg: Any, classify_cfg: Any, tokenizer=None) -> Cal
     _alphabet(task["target_func"])                # a valid function, checked before loading
     _pretrained_config(model["name"], model["pretrained_path"])
     if tokenizer is None:
-        from megaproc.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(model["pretrained_path"])
     return TextEncoder(tokenizer)
 
@@ -356,14 +353,13 @@ def run_tokenizer(cfg: Any, tokenizer=None):
     return tokenizer if getattr(cfg.data, "tokenizer", None) else None
 
 
-def build_run_classifier(cfg: Any, tokenizer=None,
-                         ds_config: dict | None = None) -> SequenceClassifier:
+def build_run_classifier(cfg: Any, tokenizer=None, ds_config: dict | None = None,
+                         zero_stage: int = 0) -> SequenceClassifier:
     """The classifier of a run (``classify.target_func`` set): :func:`build_classifier` on the
     run's sections, under ``zero.Init`` when the DeepSpeed config is ZeRO-3 and
     ``model.zero3_init`` is ``always`` (the classifiers are small enough to build whole
     otherwise)."""
-    stage = ((ds_config or {}).get("zero_optimization") or {}).get("stage", 0)
-    zero3 = stage == 3 and getattr(cfg.model, "zero3_init", "never") == "always"
+    zero3 = zero_stage == 3 and getattr(cfg.model, "zero3_init", "never") == "always"
     model, _ = build_classifier(cfg.model, cfg.classify, run_tokenizer(cfg, tokenizer),
                                 zero3_init=zero3, ds_config=ds_config)
     return model

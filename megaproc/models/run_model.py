@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 
+import psutil
+from transformers import AutoConfig
+
 from megaproc.console_log import get_logger
 from megaproc.models.factory import build_model, count_parameters, model_config
+from megaproc.models.transfer import freeze_weights, transfer_report, transfer_weights
 
 log = get_logger(__name__)
 
@@ -23,8 +27,6 @@ def wants_zero3_init(model_cfg, vocab_size: int, local_world_size: int, host_mem
     if model_cfg.zero3_init != "auto":
         return model_cfg.zero3_init == "always"
     if model_cfg.pretrained_path:
-        from transformers import AutoConfig
-
         config = AutoConfig.from_pretrained(model_cfg.pretrained_path, local_files_only=True)
     else:
         config = model_config(model_cfg.name, vocab_size, model_cfg.config_overrides,
@@ -36,15 +38,12 @@ def build_run_model(model_cfg, tokenizer, ds_config: dict, zero_stage: int,
                     local_world_size: int):
     """``(model, transfer_report_or_None)``: the HF causal LM for a run, with weight groups from
     ``model.init_from`` and parameters outside ``model.weights_to_train`` frozen."""
-    import psutil
-
     vocab = len(tokenizer)
     zero3 = (zero_stage == 3 and not model_cfg.init_from
              and wants_zero3_init(model_cfg, vocab, local_world_size,
                                   psutil.virtual_memory().total))
     model = build_model(model_cfg, vocab_size=vocab, zero3_init=zero3, ds_config=ds_config,
                         **token_ids(tokenizer))
-    from megaproc.models.transfer import freeze_weights, transfer_report, transfer_weights
 
     copied = transfer_weights(model, model_cfg, tokenizer) if model_cfg.init_from else {}
     freeze_weights(model, model_cfg.weights_to_train)

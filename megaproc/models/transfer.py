@@ -34,9 +34,13 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
+from megaproc.checkpoint.layout import resolve_checkpoint_ref
+from megaproc.checkpoint.model import load_checkpoint_model, load_checkpoint_tokenizer
 from megaproc.console_log import get_logger
 from megaproc.errors import ConfigError
+from megaproc.tokenizer import load_tokenizer
 
 log = get_logger(__name__)
 
@@ -80,18 +84,11 @@ def load_source(ref: str):
     ``latest:RUN_DIR``."""
     path = Path(ref)
     if not ref.startswith("latest:") and (path / "config.json").is_file():
-        from transformers import AutoModelForCausalLM
-
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         tokenizer = None
         if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            from megaproc.tokenizer import load_tokenizer
-
             tokenizer = load_tokenizer(path)
         return model.state_dict(), model.config.model_type, tokenizer, f"HF model {path}"
-    from megaproc.checkpoint import (load_checkpoint_model, load_checkpoint_tokenizer,
-                                     resolve_checkpoint_ref)
-
     source = resolve_checkpoint_ref(ref)
     model = load_checkpoint_model(source)
     return (model.state_dict(), model.config.model_type, load_checkpoint_tokenizer(source),

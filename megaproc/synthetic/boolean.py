@@ -45,6 +45,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Optional
+
 from megaproc.errors import UserError
 
 BINARY = "01"

@@ -21,11 +21,19 @@ Construction
     The pool is then split stratified: each label is shuffled, the first half of the train size
     of each goes to train, the rest to test, and each split is shuffled.
 
+More than exist (e.g. fn_g at L = 20: 1,024 palindromes, 5,100 asked for)
+    When a label has fewer distinct sequences (``class_capacity``, counted exactly) than half of
+    train + test, as the group's script did the splits repeat sequences: all distinct sequences
+    of that label are drawn, shuffled and divided between train and test in proportion to their
+    sizes (so train and test stay disjoint), and each split uses every sequence of its part
+    once, then draws the rest from that part with replacement.  :func:`replacement_note` says
+    so in one line (the run warns) and ``BooleanSplits.notes`` records it (``meta.json``, the
+    run's ``metrics.json``).
+
 Errors (:class:`~megaproc.synthetic.boolean.BooleanDataError`, one line)
     An unknown function, a length the function is not defined at, an odd or non-positive train
-    size, an odd test size, and a request for more distinct sequences of one label than the
-    construction can make (counted exactly where cheap, see ``class_capacity``; otherwise
-    ``MAX_STALL`` draws in a row without a new sequence end the attempt).
+    size, an odd test size, and a construction that stops finding new sequences (``MAX_STALL``
+    draws in a row without a new one, where the capacity is not counted).
 
 Determinism and cache
     ``derived_seed`` hashes ``(function, length, sizes, global seed)``, so the data depend on
@@ -51,8 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from megaproc.synthetic.boolean import (BINARY, PATTERNS, BooleanDataError, class_capacity,
-                                        get_function, next_prime_at_or_after)
+from megaproc.files import atomic_write_text, cache_root
+from megaproc.synthetic.boolean import (PATTERNS, BooleanDataError, class_capacity, get_function,
+                                        next_prime_at_or_after)
 
 GENERATOR_VERSION = 1
 META_FORMAT_VERSION = 1
@@ -60,7 +69,6 @@ MAX_STALL = 50_000          # draws in a row without a new sequence before givin
 MAX_FLIPS = 5               # Dyck-2 negatives flip 1..MAX_FLIPS bits of a valid word
 PRIME_TAILS = (1, 3, 7, 9)  # last digits of fn_k's composites
 SPLITS = ("train", "test")
-CACHE_ENV = "MEGAPROC_CACHE"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ class BooleanSplits:
     # Where the files live when they came from (or went to) the cache; not part of equality.
     cache_path: Optional[str] = field(default=None, compare=False)
     from_cache: bool = field(default=False, compare=False)
+    # How labels with fewer distinct sequences than asked for were drawn (empty: all distinct).
+    notes: dict = field(default_factory=dict, compare=False)
 
     def split(self, name: str) -> tuple[tuple[str, int], ...]:
         """``train`` or ``test``."""
@@ -92,7 +102,7 @@ class BooleanSplits:
                 "seed_name": get_function(self.target_func).seed_name,
                 "sequence_length": self.sequence_length, "train_set_size": len(self.train),
                 "test_set_size": len(self.test), "seed": self.seed,
-                "derived_seed": self.derived_seed, "counts": counts}
+                "derived_seed": self.derived_seed, "counts": counts, "notes": self.notes}
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -119,7 +129,7 @@ def cache_subdir(target_func: str, length: int, train_size: int, test_size: int,
 
 def default_cache_root() -> Path:
     """``$MEGAPROC_CACHE/boolean`` (default ``~/.cache/megaproc/boolean``)."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "megaproc")) / "boolean"
+    return cache_root() / "boolean"
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -233,43 +243,64 @@ def check_request(target_func: str, length: int, train_size: int, test_size: int
         raise BooleanDataError(f"train_set_size must be > 0, got {train_size}")
     if test_size < 0:
         raise BooleanDataError(f"test_set_size must be >= 0, got {test_size}")
-    per_label = (train_size + test_size) // 2
-    for label, capacity in enumerate(class_capacity(target_func, length)):
-        if capacity is not None and capacity < per_label:
+    for label, capacity in short_labels(target_func, length, train_size, test_size).items():
+        if capacity < 2 and train_size and test_size:
             raise BooleanDataError(
                 f"{target_func} ({fn.seed_name}) at sequence length {length}: only {capacity} "
-                f"distinct sequences with label {label} exist, {per_label} needed (half of "
-                f"train {train_size} + test {test_size}); use a longer sequence or smaller sets")
+                f"distinct sequence with label {label} exists; train and test cannot be disjoint")
 
 
-def make_pool(target_func: str, length: int, size: int,
-              rng: random.Random) -> dict[int, list[str]]:
-    """``{0: [...], 1: [...]}``: ``size // 2`` distinct sequences of each label, in draw order.
+def short_labels(target_func: str, length: int, train_size: int, test_size: int) -> dict[int, int]:
+    """``{label: distinct sequences}`` for the labels with fewer distinct sequences than half of
+    train + test (those are drawn with replacement, see the module docstring)."""
+    per_label = (train_size + test_size) // 2
+    return {label: capacity for label, capacity in enumerate(class_capacity(target_func, length))
+            if capacity is not None and capacity < per_label}
+
+
+def replacement_note(target_func: str, length: int, train_size: int,
+                     test_size: int) -> str | None:
+    """One line saying which labels repeat sequences (None when every sequence is distinct)."""
+    short = short_labels(target_func, length, train_size, test_size)
+    if not short:
+        return None
+    per_label = (train_size + test_size) // 2
+    parts = ", ".join(f"label {label}: {capacity} distinct of {per_label} needed"
+                      for label, capacity in sorted(short.items()))
+    return (f"{target_func} at sequence length {length} has fewer distinct sequences "
+            f"than asked for ({parts}); those labels are sampled with replacement, train and "
+            "test kept disjoint")
+
+
+def make_pool(target_func: str, length: int, size: int, rng: random.Random,
+              wanted: dict[int, int] | None = None) -> dict[int, list[str]]:
+    """``{0: [...], 1: [...]}``: ``size // 2`` distinct sequences of each label (``wanted[label]``
+    where given), in draw order.
 
     Sizes are not checked here (see :func:`make_splits`) but a construction that stops finding
     new sequences raises :class:`BooleanDataError`.
     """
     fn = get_function(target_func)
-    per_label = size // 2
+    target = {label: (wanted or {}).get(label, size // 2) for label in (0, 1)}
     pool: dict[int, list[str]] = {0: [], 1: []}
     seen: set[str] = set()
     for labels, draw in _draws(target_func, length):
         stall = 0
-        while any(len(pool[label]) < per_label for label in labels):
+        while any(len(pool[label]) < target[label] for label in labels):
             seq = draw(rng)
             label = fn.label(seq) if seq is not None else -1
-            if label in labels and len(pool[label]) < per_label and seq not in seen:
+            if label in labels and len(pool[label]) < target[label] and seq not in seen:
                 seen.add(seq)
                 pool[label].append(seq)
                 stall = 0
                 continue
             stall += 1
             if stall > MAX_STALL:
-                short = [lab for lab in labels if len(pool[lab]) < per_label]
+                short = [lab for lab in labels if len(pool[lab]) < target[lab]]
                 raise BooleanDataError(
                     f"{target_func} ({fn.seed_name}) at sequence length {length}: found only "
                     f"{len(pool[short[0]])} distinct sequences with label {short[0]} of "
-                    f"{per_label} needed (no new one in {MAX_STALL} draws); use a longer "
+                    f"{target[short[0]]} needed (no new one in {MAX_STALL} draws); use a longer "
                     "sequence or smaller sets")
     return pool
 
@@ -280,28 +311,36 @@ def make_splits(target_func: str, sequence_length: int, train_set_size: int,
     check_request(target_func, sequence_length, train_set_size, test_set_size)
     dseed = derived_seed(target_func, sequence_length, train_set_size, test_set_size, seed)
     rng = random.Random(dseed)
-    pool = make_pool(target_func, sequence_length, train_set_size + test_set_size, rng)
-    half = train_set_size // 2
-    train, test = [], []
+    short = short_labels(target_func, sequence_length, train_set_size, test_set_size)
+    pool = make_pool(target_func, sequence_length, train_set_size + test_set_size, rng, short)
+    half, test_half = train_set_size // 2, test_set_size // 2
+    train, test, notes = [], [], {}
     for label in (0, 1):
         sequences = pool[label]
         rng.shuffle(sequences)
-        train += [(s, label) for s in sequences[:half]]
-        test += [(s, label) for s in sequences[half:]]
+        if label not in short:
+            train += [(s, label) for s in sequences[:half]]
+            test += [(s, label) for s in sequences[half:]]
+            continue
+        # Fewer distinct sequences than asked for: disjoint parts in proportion to the sizes,
+        # each used once and then drawn from with replacement.
+        cut = round(len(sequences) * half / (half + test_half))
+        cut = min(max(cut, 1), len(sequences) - 1) if test_half else len(sequences)
+        for target, part, size in ((train, sequences[:cut], half),
+                                   (test, sequences[cut:], test_half)):
+            chosen = part[:size] + [rng.choice(part) for _ in range(size - len(part[:size]))]
+            target += [(s, label) for s in chosen]
+        notes[str(label)] = {"distinct": len(sequences), "train_distinct": cut,
+                             "test_distinct": len(sequences) - cut, "with_replacement": True}
     rng.shuffle(train)
     rng.shuffle(test)
-    return BooleanSplits(target_func, sequence_length, seed, dseed, tuple(train), tuple(test))
+    return BooleanSplits(target_func, sequence_length, seed, dseed, tuple(train), tuple(test),
+                         notes=notes)
 
 
 # ----------------------------------------------------------------------------- files
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_file(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
 
 
 def write_splits(splits: BooleanSplits, directory: str | os.PathLike) -> Path:
@@ -314,10 +353,10 @@ def write_splits(splits: BooleanSplits, directory: str | os.PathLike) -> Path:
         lines = "".join(json.dumps({"sequence": s, "label": y}, separators=(", ", ": ")) + "\n"
                         for s, y in splits.split(name))
         path = directory / f"{name}.jsonl"
-        _write_file(path, lines)
+        atomic_write_text(path, lines)
         meta["files"][name] = path.name
         meta["sha256"][name] = _sha256(path)
-    _write_file(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2) + "\n")
     return directory
 
 
@@ -337,12 +376,14 @@ def read_splits(directory: str | os.PathLike, verify: bool = True) -> BooleanSpl
             records = [json.loads(line) for line in handle if line.strip()]
         rows[name] = tuple((r["sequence"], int(r["label"])) for r in records)
     return BooleanSplits(meta["target_func"], int(meta["sequence_length"]), int(meta["seed"]),
-                         int(meta["derived_seed"]), rows["train"], rows["test"])
+                         int(meta["derived_seed"]), rows["train"], rows["test"],
+                         notes=meta.get("notes") or {})
 
 
 def load_or_make_splits(target_func: str, sequence_length: int, train_set_size: int,
                         test_set_size: int, seed: int,
-                        cache_dir: str | os.PathLike | None = None) -> BooleanSplits:
+                        cache_dir: str | os.PathLike | None = None,
+                        log: Callable[[str], None] | None = None) -> BooleanSplits:
     """The splits of these parameters from the cache, generated and cached on first use.
 
     A complete cache entry (``meta.json`` present, parameters and hashes matching) is read
@@ -350,6 +391,9 @@ def load_or_make_splits(target_func: str, sequence_length: int, train_set_size: 
     place.  When several processes race, the first rename wins and the others read it.
     """
     check_request(target_func, sequence_length, train_set_size, test_set_size)
+    note = replacement_note(target_func, sequence_length, train_set_size, test_set_size)
+    if note and log is not None:
+        log(f"warning: {note}")
     root = Path(cache_dir) if cache_dir else default_cache_root()
     final = root / cache_subdir(target_func, sequence_length, train_set_size, test_set_size,
                                 seed)
@@ -378,4 +422,4 @@ def load_or_make_splits(target_func: str, sequence_length: int, train_set_size: 
 def _located(splits: BooleanSplits, path: Path, from_cache: bool) -> BooleanSplits:
     return BooleanSplits(splits.target_func, splits.sequence_length, splits.seed,
                          splits.derived_seed, splits.train, splits.test,
-                         cache_path=str(path), from_cache=from_cache)
+                         cache_path=str(path), from_cache=from_cache, notes=splits.notes)

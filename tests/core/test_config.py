@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from megaproc.config import ConfigError, fingerprint, load_config, to_yaml
+from megaproc.runs import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ def test_cli_unknown_key_is_one_line_error():
 ])
 def test_dry_run_rejects_exactly_what_training_rejects(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        resolve(load_config(None, [override]))
     assert f"'{key}'" in str(err.value)
     out = subprocess.run([sys.executable, "megaproc/train.py", "--dry-run", override], cwd=REPO,
                          capture_output=True, text=True)
@@ -105,10 +106,11 @@ def test_workflow_sections_are_typed_parts_of_the_config():
     assert yaml.safe_load(to_yaml(cfg))["curriculum"]["enabled"] is True
 
 
-def test_config_module_imports_nothing_of_megaproc_but_errors():
+def test_config_module_imports_nothing_of_megaproc_but_errors_and_its_parser():
     import ast
 
     tree = ast.parse((REPO / "megaproc" / "config.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    assert {m for m in imported if m and m.startswith("megaproc")} == {"megaproc.errors"}
+    assert {m for m in imported if m and m.startswith("megaproc")} == {"megaproc.errors",
+                                                                       "megaproc.config_parsing"}

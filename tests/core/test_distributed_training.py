@@ -160,9 +160,9 @@ def run_module(module: str, *args: str):
 
 def _valid_dataset(cfg, tokenizer):
     from megaproc.data.build import build_train_valid
-    from megaproc.data.run_sources import resolved_data_config
+    from megaproc.runs import resolve
 
-    data_cfg = resolved_data_config(cfg)
+    data_cfg = resolve(cfg, 2).data
     _, valid, _ = build_train_valid(data_cfg, tokenizer, cfg.train.seq_len, cfg.run.seed,
                                     cfg.train.max_steps * 8, cfg.eval.max_batches * cfg.train.micro_batch * 2)
     return valid

@@ -16,8 +16,10 @@ at step ``N``; then each checkpoint resumes on the *other* world size.  Shown:
 - without the flag, or with a global batch that changes, the resume is refused in one line, as
   is a world-size change of a graph-search task run.
 
-The runs use ``model.dropout=0.0``: with dropout, a rank that did not exist in the saved run
-draws masks from a fresh seed, so the losses could not be compared step by step.
+The runs use ``model.dropout=0.1``: each micro-batch's dropout masks come from a generator
+seeded by the run seed and the micro-batch's global sample offset (never by the rank, see
+:func:`megaproc.trainer.micro_batch_seed`), so a sample draws the same masks wherever it runs
+and the losses compare step by step with dropout on.
 
 This module is also the training script of its runs (``__main__`` below): the trainer with a
 test hook that records every micro-batch and dumps the engine state right after a resume.
@@ -53,7 +55,7 @@ LOSS_RTOL = 1e-6
 
 def settings(stage: int, out: Path, nproc: int, extra: list[str] = ()) -> list[str]:
     return FAST + [f"deepspeed.config=ds_configs/zero{stage}.json", f"run.out_dir={out}",
-                   "model.dropout=0.0", f"train.grad_accum={GLOBAL_BATCH // (2 * nproc)}",
+                   "model.dropout=0.1", f"train.grad_accum={GLOBAL_BATCH // (2 * nproc)}",
                    f"train.max_steps={2 * N}", f"checkpoint.save_every={N}",
                    "checkpoint.keep_last_k=0", "eval.every=0", *extra]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaproc.data import BlendedDataset
 from megaproc.data import blended as blended_module
-from megaproc.data.blended import interleave, interleave_reference
+from megaproc.data.blended import BlendedDataset, interleave, interleave_reference
 
 
 class ListDataset:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaproc.data import GPTDataset, build_train_valid
+from megaproc.data.build import build_train_valid
+from megaproc.data.gpt_dataset import GPTDataset
 from tests.data.conftest import random_documents, write_indexed, write_jsonl
 
 # A realistic global batch: micro batch 8 x grad accum 4 x 2 ranks.

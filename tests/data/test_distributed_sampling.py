@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megaproc.data import build_train_valid
 from megaproc.data.batch import collate, rank_sample_indices
+from megaproc.data.build import build_train_valid
 from tests.data.conftest import make_tokenizer, random_documents, write_indexed, write_jsonl
 
 SEQ_LEN = 24

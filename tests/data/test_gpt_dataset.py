@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from megaproc.data import GPTDataset, split_documents
+from megaproc.data.gpt_dataset import GPTDataset, split_documents
 from tests.data.conftest import random_documents, write_indexed
 
 

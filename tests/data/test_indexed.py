@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from megaproc.data import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
-from megaproc.data.indexed import DTYPE_CODES, best_dtype
+from megaproc.data.indexed import (DTYPE_CODES, IndexedDataset, IndexedDatasetBuilder,
+                                   IndexedDatasetError, best_dtype)
 
 # Three documents: doc 0 = sequences [0, 1], doc 1 = [2], doc 2 = [3].
 SEQUENCES = [[5, 6, 7], [8], [9, 10, 11, 12], [13, 14]]

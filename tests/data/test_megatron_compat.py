@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from megaproc.data import IndexedDataset, IndexedDatasetBuilder
+from megaproc.data.indexed import IndexedDataset, IndexedDatasetBuilder
 
 
 def _megatron_indexed():

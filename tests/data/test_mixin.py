@@ -1,4 +1,4 @@
-"""JsonlTaskDataset: too-long examples dropped with a count, answer masks, deterministic cycling."""
+"""PromptAnswerDataset: too-long examples dropped with a count, answer masks, deterministic cycling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from megaproc.data import JsonlTaskDataset, build_train_valid
+from megaproc.data.build import build_train_valid
+from megaproc.data.prompt_answer import PromptAnswerDataset
 from tests.data.conftest import random_documents, write_indexed, write_jsonl
 
 
@@ -23,7 +24,7 @@ def graph_records(count: int, long_every: int = 0):
 def test_drops_too_long_examples_with_count_and_warning(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "mixin.jsonl", graph_records(30, long_every=5))
     with pytest.warns(UserWarning, match="dropped 6 examples"):
-        ds = JsonlTaskDataset(path, tokenizer, seq_len=40)
+        ds = PromptAnswerDataset(path, tokenizer, seq_len=40)
     assert ds.num_dropped == 6 and ds.num_examples == 24 and len(ds) == 24
     assert isinstance(ds.offsets, np.ndarray) and ds.offsets.dtype == np.int64
     for i in range(len(ds)):
@@ -33,7 +34,7 @@ def test_drops_too_long_examples_with_count_and_warning(tmp_path, tokenizer):
 def test_answer_mask_marks_first_valid_answer_and_eos(tmp_path, tokenizer):
     records = graph_records(5)
     path = write_jsonl(tmp_path / "mixin.jsonl", records)
-    ds = JsonlTaskDataset(path, tokenizer, seq_len=64)
+    ds = PromptAnswerDataset(path, tokenizer, seq_len=64)
     for i in range(5):
         item = ds[i]
         k = ds.example_index(i)
@@ -56,7 +57,7 @@ def test_prompt_answer_records_and_invalid_lines(tmp_path, tokenizer):
         {"prompt": "2 + 2 =", "answer": " 4"},
     ])
     with pytest.warns(UserWarning, match="skipped 1"):
-        ds = JsonlTaskDataset(path, tokenizer, seq_len=32)
+        ds = PromptAnswerDataset(path, tokenizer, seq_len=32)
     assert ds.num_examples == 2 and ds.num_invalid == 1
     answers = sorted(tokenizer.decode(ds[i]["tokens"][ds[i]["answer_mask"]][:-1].tolist()) for i in range(2))
     assert answers == [" 2", " 4"]
@@ -64,14 +65,14 @@ def test_prompt_answer_records_and_invalid_lines(tmp_path, tokenizer):
 
 def test_cycles_with_a_fresh_seeded_permutation_each_pass(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "mixin.jsonl", graph_records(12))
-    ds = JsonlTaskDataset(path, tokenizer, seq_len=64, seed=3, num_samples=48)
+    ds = PromptAnswerDataset(path, tokenizer, seq_len=64, seed=3, num_samples=48)
     assert len(ds) == 48
     passes = [[ds.example_index(e * 12 + k) for k in range(12)] for e in range(4)]
     for order in passes:
         assert sorted(order) == list(range(12))
     assert len({tuple(p) for p in passes}) == 4
-    again = JsonlTaskDataset(path, tokenizer, seq_len=64, seed=3)
-    other = JsonlTaskDataset(path, tokenizer, seq_len=64, seed=4)
+    again = PromptAnswerDataset(path, tokenizer, seq_len=64, seed=3)
+    other = PromptAnswerDataset(path, tokenizer, seq_len=64, seed=4)
     assert [again.example_index(i) for i in range(48)] == [p for order in passes for p in order]
     assert [other.example_index(i) for i in range(12)] != passes[0]
     np.testing.assert_array_equal(ds[30]["tokens"], again[30]["tokens"])
@@ -81,11 +82,11 @@ def test_cycles_with_a_fresh_seeded_permutation_each_pass(tmp_path, tokenizer):
 
 def test_missing_or_empty_file_is_a_clear_error(tmp_path, tokenizer):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        JsonlTaskDataset(tmp_path / "nope.jsonl", tokenizer, seq_len=16)
+        PromptAnswerDataset(tmp_path / "nope.jsonl", tokenizer, seq_len=16)
     path = write_jsonl(tmp_path / "long.jsonl", graph_records(3, long_every=1))
     with pytest.raises(ValueError, match="no usable examples"):
         with pytest.warns(UserWarning):
-            JsonlTaskDataset(path, tokenizer, seq_len=8)
+            PromptAnswerDataset(path, tokenizer, seq_len=8)
 
 
 def test_mixin_is_one_blend_source_at_its_percent(tmp_path, tokenizer):
@@ -122,8 +123,8 @@ def test_concurrent_reads_from_prefetch_threads(tmp_path, tokenizer):
     from concurrent.futures import ThreadPoolExecutor
 
     path = write_jsonl(tmp_path / "mixin.jsonl", graph_records(40))
-    ds = JsonlTaskDataset(path, tokenizer, seq_len=64, num_samples=400)
-    expected = [JsonlTaskDataset(path, tokenizer, seq_len=64)[i % 40]["tokens"] for i in range(40)]
+    ds = PromptAnswerDataset(path, tokenizer, seq_len=64, num_samples=400)
+    expected = [PromptAnswerDataset(path, tokenizer, seq_len=64)[i % 40]["tokens"] for i in range(40)]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda i: ds[i]["tokens"], range(400)))
     for i in range(40):

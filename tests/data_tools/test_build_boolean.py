@@ -55,8 +55,8 @@ def test_same_files_as_the_training_cache(tmp_path):
 @pytest.mark.parametrize("bad,message", [
     (["--train-set-size", "21"], "train_set_size must be even"),
     (["--sequence-length", "18", "--target-func", "fn_h"], "multiple of 4"),
-    (["--sequence-length", "10", "--target-func", "fn_g", "--test-set-size", "60"],
-     "only 32 distinct sequences with label 1"),
+    (["--sequence-length", "8", "--target-func", "fn_d"],
+     "only 1 distinct sequence with label 1 exists"),
     (["--target-func", "fn_z"], "invalid choice: 'fn_z'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, bad, message):
@@ -67,6 +67,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, bad, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "error:" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_more_than_exist_is_sampled_with_replacement_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(ARGS + ["--sequence-length", "10", "--target-func", "fn_g", "--test-set-size", "60",
+                        "--out-dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "label 1: 32 distinct of 40 needed" in err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["notes"]["1"]["with_replacement"] and meta["notes"]["1"]["distinct"] == 32
+    rows = {name: [json.loads(x) for x in (out / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "test")}
+    train_pos = {r["sequence"] for r in rows["train"] if r["label"] == 1}
+    test_pos = {r["sequence"] for r in rows["test"] if r["label"] == 1}
+    assert not train_pos & test_pos and len(train_pos | test_pos) == 32
 
 
 def test_module_entry_point_and_help(tmp_path):

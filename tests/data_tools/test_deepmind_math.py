@@ -60,13 +60,13 @@ def test_merge_train_and_limits(tmp_path):
 
 def test_mixin_reader_trains_on_the_answer_only(tmp_path):
     from megaproc.data.batch import collate
-    from megaproc.data.mixin import JsonlTaskDataset
+    from megaproc.data.prompt_answer import PromptAnswerDataset
     from megaproc.loss import training_mask
     from tests.eval.conftest import make_tokenizer
 
     convert(make_raw(tmp_path / "raw", splits=("train-easy",)), tmp_path / "out")
     tokenizer = make_tokenizer()
-    dataset = JsonlTaskDataset(str(tmp_path / "out" / "train-easy.jsonl"), tokenizer, seq_len=64,
+    dataset = PromptAnswerDataset(str(tmp_path / "out" / "train-easy.jsonl"), tokenizer, seq_len=64,
                                seed=0)
     assert dataset.num_examples == 5
     pairs = {q: a for module in MODULES.values() for q, a in module}

@@ -37,7 +37,7 @@ def test_periodic_records_match_the_evaluators(tmp_path, model, tokenizer):
     hook.on_train_start(trainer)
     for step in range(1, 8):
         trainer.step = step
-        hook.on_step_end(trainer, {})
+        hook.on_step_end(trainer)
     hook.on_train_end(trainer)  # step 7 was not an evaluation step: both run once more
     assert model.training  # back in train mode
     records = [json.loads(x) for x in (run / "logs" / "eval.jsonl").read_text().splitlines()]

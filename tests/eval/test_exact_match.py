@@ -41,10 +41,10 @@ def test_greedy_decode_equals_hf_generate(model, tokenizer):
 def _train_answer_only(model, tokenizer, path, steps: int = 300) -> float:
     """Fit the model on the converted file through the mixin reader and the answer-only loss."""
     from megaproc.data.batch import collate
-    from megaproc.data.mixin import JsonlTaskDataset
+    from megaproc.data.prompt_answer import PromptAnswerDataset
     from megaproc.loss import token_cross_entropy, training_loss
 
-    dataset = JsonlTaskDataset(str(path), tokenizer, seq_len=64, seed=0)
+    dataset = PromptAnswerDataset(str(path), tokenizer, seq_len=64, seed=0)
     batch = collate([dataset[i] for i in range(dataset.num_examples)], tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     # Dropout off: the fit must not depend on the dropout draws (they differ with the number of
@@ -95,11 +95,11 @@ def test_answer_only_training_then_exact_match_per_module(tmp_path, tokenizer):
 
 
 def test_prompt_layout_is_the_mixins(tmp_path, tokenizer):
-    from megaproc.data.mixin import JsonlTaskDataset
+    from megaproc.data.prompt_answer import PromptAnswerDataset
 
     convert(make_raw(tmp_path / "raw", splits=("interpolate",)), tmp_path / "dm")
     path = tmp_path / "dm" / "interpolate.jsonl"
-    dataset = JsonlTaskDataset(str(path), tokenizer, seq_len=64, seed=0)
+    dataset = PromptAnswerDataset(str(path), tokenizer, seq_len=64, seed=0)
     examples = load_examples(path)
     prompts = ExactMatchEvaluator(tokenizer, 128).encode_prompts(examples)
     by_prompt = {tuple(p): e for p, e in zip(prompts, examples)}

@@ -39,7 +39,8 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 def env(**extra) -> dict:
     """Environment for a training subprocess."""
     out = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    out.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    # Launch scripts run $PYTHON: the interpreter running the tests, activated or not.
+    out.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHON=sys.executable, **extra)
     return out
 
 

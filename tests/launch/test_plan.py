@@ -20,8 +20,8 @@ import sys
 import pytest
 import torch
 
-from megaproc.flops import geometry, model_flops_per_token, mfu, parameter_counts, peak_flops, \
-    peak_flops_for_name
+from megaproc.flops import (geometry, mfu, model_flops_per_token, parameter_counts, peak_flops,
+                            peak_flops_for_name)
 from megaproc.models import PRESETS, model_config
 from megaproc.plan import GIB, activation_bytes, model_states, plan
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def cluster(slurm_cluster):
 def submit(cluster, submit_dir: Path, args: list[str], **env) -> int:
     """Submit through launch/submit.sh from ``submit_dir``; returns the job id."""
     submit_dir.mkdir(parents=True, exist_ok=True)
-    job_env = dict(cluster.env, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
+    # The job scripts run $PYTHON: hand them the interpreter running the tests (a virtual
+    # environment need not be activated for its python to be the one on PATH).
+    job_env = dict(cluster.env, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   PYTHON=sys.executable, **env)
     proc = cluster.run([str(REPO / "launch" / "submit.sh"), "--parsable", *args],
                        cwd=submit_dir, env=job_env)
     return int(proc.stdout.strip().split(";")[0])

@@ -186,13 +186,14 @@ def test_partial_matching_copies_rows_of_shared_tokens(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     from megaproc.models.run_model import build_run_model
-    from megaproc.tokenizer import build_run_tokenizer
+    from megaproc.runs import resolve, run_kind
 
     grads = []
     for checkpointing in (False, True):
-        cfg = load_config(None, ["model.name=tiny", f"model.gradient_checkpointing={checkpointing}"])
+        cfg = resolve(load_config(None, ["model.name=tiny",
+                                         f"model.gradient_checkpointing={checkpointing}"]))
         torch.manual_seed(0)
-        model, _ = build_run_model(cfg.model, build_run_tokenizer(cfg.data), {}, 0, 1)
+        model, _ = build_run_model(cfg.model, run_kind(cfg).build_tokenizer(), {}, 0, 1)
         model.train()
         assert model.is_gradient_checkpointing == checkpointing
         ids = torch.arange(24).reshape(2, 12) % 50

@@ -19,7 +19,7 @@ import torch
 from megaproc.synthetic import boolean, boolean_data
 from megaproc.synthetic.boolean import FUNCTION_NAMES, BooleanDataError, get_function
 from megaproc.synthetic.boolean_data import (derived_seed, load_or_make_splits, make_splits,
-                                             read_splits, write_splits)
+                                             read_splits, replacement_note, write_splits)
 
 
 # ----------------------------------------------------------------------------- references
@@ -214,20 +214,37 @@ def test_exactly_at_capacity():
     assert positives == {format(i, "04b") + format(i, "04b")[::-1] for i in range(16)}
 
 
+def test_more_than_exist_samples_with_replacement_keeping_train_and_test_disjoint():
+    # The classification paper's fn_g at L = 20: 1,024 palindromes, 5,100 asked for.
+    assert "label 1: 1024 distinct of 5100 needed" in replacement_note("fn_g", 20, 200, 10000)
+    assert replacement_note("fn_g", 30, 200, 10000) is None
+    splits = make_splits("fn_g", 20, 200, 10000, seed=42)
+    fn = get_function("fn_g")
+    for name, size in (("train", 200), ("test", 10000)):
+        rows = splits.split(name)
+        assert len(rows) == size and sum(y for _, y in rows) == size // 2   # still balanced
+        assert all(fn.label(s) == y for s, y in rows)
+    train_pos = {s for s, y in splits.train if y == 1}
+    test_pos = {s for s, y in splits.test if y == 1}
+    assert not train_pos & test_pos                                    # disjoint
+    assert len(train_pos) + len(test_pos) == 1024                       # every palindrome used
+    assert len(train_pos) == round(1024 * 100 / 5100)                  # in proportion
+    negatives = [s for s, y in splits.train + splits.test if y == 0]
+    assert len(set(negatives)) == len(negatives)                        # that label: distinct
+    assert splits.notes == {"1": {"distinct": 1024, "train_distinct": 20, "test_distinct": 1004,
+                                  "with_replacement": True}}
+    assert make_splits("fn_g", 20, 200, 10000, seed=42) == splits      # deterministic
+
+
 def test_impossible_requests_have_clear_errors():
-    with pytest.raises(BooleanDataError, match=r"fn_g \(palindrome\) at sequence length 20: "
-                                                r"only 1024 distinct sequences with label 1"):
-        make_splits("fn_g", 20, 200, 10000, seed=42)
-    with pytest.raises(BooleanDataError, match="only 8 distinct sequences with label 0 exist, 9 needed"):
-        make_splits("fn_a", 4, 10, 8, seed=0)
     with pytest.raises(BooleanDataError, match="train_set_size must be even"):
         make_splits("fn_a", 20, 21, 10, seed=0)
     with pytest.raises(BooleanDataError, match="test_set_size must be even"):
         make_splits("fn_a", 20, 20, 11, seed=0)
     with pytest.raises(BooleanDataError, match="multiple of 4"):
         make_splits("fn_h", 30, 20, 10, seed=0)
-    with pytest.raises(BooleanDataError, match="only 5 distinct sequences with label 0"):
-        make_splits("fn_k", 2, 10, 2, seed=0)                # composites 21, 27, 49, 63, 81
+    with pytest.raises(BooleanDataError, match="only 1 distinct sequence with label 1"):
+        make_splits("fn_d", 8, 10, 2, seed=0)                # only 00111111 itself at L = 8
 
 
 def test_stall_guard_when_capacity_is_not_counted(monkeypatch):

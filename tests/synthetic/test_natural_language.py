@@ -9,7 +9,7 @@ import warnings
 
 from megaproc.synthetic import GraphSearchGenerator, render_search_prompt
 from megaproc.synthetic.natural_language import (EDGE_TEMPLATES, FIRST_NAMES, RESERVED_WORDS,
-                                                      random_attributes)
+                                                 random_attributes)
 
 WORD = r"([a-z]+)"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
-from megaproc.data.task_encoding import TaskEncoder, collate_task
+from megaproc.data.prompt_answer import PromptAnswerEncoder, collate_prompt_answer
 from megaproc.data.task_source import answer_rows
 from megaproc.eval.answer_correctness import teacher_forced_correct
 from megaproc.hooks.curriculum import examples_correct
@@ -16,10 +16,10 @@ from megaproc.loss import token_cross_entropy, training_loss, weighted_token_los
 
 
 def test_rows_of_alternative_answers_are_tagged(tokenizer):
-    enc = TaskEncoder(tokenizer)
+    enc = PromptAnswerEncoder(tokenizer)
     a = enc.encode_pairs([("p1", " 3"), ("p1", " 4")])
     b = enc.encode_pairs([("p2", " 5")])
-    batch = collate_task(answer_rows([a, b]), pad_id=0)
+    batch = collate_prompt_answer(answer_rows([a, b]), pad_id=0)
     assert batch["example_id"].tolist() == [0, 1, 0] and batch["primary"].tolist() == [True, True, False]
 
 

@@ -6,29 +6,29 @@ import numpy as np
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
+from megaproc.data.prompt_answer import PromptAnswerEncoder, collate_prompt_answer
 from megaproc.eval.answer_correctness import (teacher_forced_correct, text_matches_answer,
-                                       word_continuation_table)
-from megaproc.data.task_encoding import TaskEncoder, collate_task
+                                              word_continuation_table)
 from megaproc.eval.task_accuracy import HeldoutEvaluator
 
 
 def test_sample_layout_matches_the_jsonl_mixin(tokenizer, tmp_path):
     import json
 
-    from megaproc.data.mixin import JsonlTaskDataset
+    from megaproc.data.prompt_answer import PromptAnswerDataset
 
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"prompt": "If Ann is wumpy, then Ann is gorpy. Ann is",
                                 "output_texts": [" gorpy.", " other."]}) + "\n")
-    mixin = JsonlTaskDataset(str(path), tokenizer, seq_len=64)[0]
-    sample = TaskEncoder(tokenizer).encode_pairs([("If Ann is wumpy, then Ann is gorpy. Ann is",
+    mixin = PromptAnswerDataset(str(path), tokenizer, seq_len=64)[0]
+    sample = PromptAnswerEncoder(tokenizer).encode_pairs([("If Ann is wumpy, then Ann is gorpy. Ann is",
                                                    " gorpy.")])[0]
     assert np.array_equal(sample["tokens"], mixin["tokens"])
     assert np.array_equal(sample["answer_mask"], mixin["answer_mask"])
     answer_ids = tokenizer(" gorpy.", add_special_tokens=False)["input_ids"]
     assert sample["tokens"][sample["word_mask"]].tolist() == answer_ids
     assert not sample["boundary_mask"].any()            # "." closes the word
-    symbolic = TaskEncoder(tokenizer).encode_pairs([("7 1 2 9 1 2 6 1", " 2")])[0]
+    symbolic = PromptAnswerEncoder(tokenizer).encode_pairs([("7 1 2 9 1 2 6 1", " 2")])[0]
     assert symbolic["boundary_mask"].sum() == 1 and symbolic["tokens"][symbolic["boundary_mask"]][0] == tokenizer.eos_token_id
 
 
@@ -59,7 +59,7 @@ def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32,
                                        n_positions=128)).eval()
-    encoder = TaskEncoder(tokenizer)
+    encoder = PromptAnswerEncoder(tokenizer)
     prompts = [f"7 {a} {b} 7 {b} {c} 9 {a} {c} 6 {a}" for a, b, c in
                [(1, 2, 3), (4, 5, 6), (3, 1, 2), (6, 4, 1), (2, 3, 5), (5, 6, 4), (1, 5, 2), (3, 6, 4)]]
     records, expected = [], []
@@ -95,8 +95,8 @@ def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer):
 
 
 def test_collate_aligns_masks_with_labels(tokenizer):
-    samples = TaskEncoder(tokenizer).encode_pairs([("7 1 2 6 1", " 2"), ("a longer prompt here", " 5")])
-    batch = collate_task(samples, tokenizer.pad_token_id)
+    samples = PromptAnswerEncoder(tokenizer).encode_pairs([("7 1 2 6 1", " 2"), ("a longer prompt here", " 5")])
+    batch = collate_prompt_answer(samples, tokenizer.pad_token_id)
     for row, sample in enumerate(samples):
         labels = batch["labels"][row]
         assert labels[batch["word_mask"][row]].tolist() == sample["tokens"][sample["word_mask"]].tolist()

@@ -43,14 +43,16 @@ def rank_flags(rank: int, step: int) -> list[list[int]]:
 def drive(hook: CurriculumHook, rank: int, steps: int) -> list[dict]:
     """Feed ``steps`` optimizer steps of flags; returns per-step observations."""
     stops = []
-    trainer = SimpleNamespace(step=0, hooks=Hooks(), request_stop=lambda reason, code=0: stops.append(reason))
+    metrics = {}
+    trainer = SimpleNamespace(step=0, hooks=Hooks(), request_stop=lambda reason, code=0: stops.append(reason),
+                              record_metric=metrics.__setitem__)
     seen = []
     for step in range(1, steps + 1):
         for flags in rank_flags(rank, step):
             hook.record(torch.tensor(flags, dtype=torch.bool))
         trainer.step = step
-        metrics = {"step": step, "loss": 1.0}
-        hook.on_step_end(trainer, metrics)
+        metrics.clear()
+        hook.on_step_end(trainer)
         seen.append({"step": step, "stage": hook.stage, "completed": hook.completed,
                      "logged": [metrics["stage"], metrics["curr_acc"]], "window": "".join(map(str, hook.window))})
         if stops:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from megaproc.checkpoint import ResumeError
-from megaproc.synthetic import GraphSearchGenerator
-from megaproc.data.task_encoding import TaskEncoder
+from megaproc.data.prompt_answer import PromptAnswerEncoder
 from megaproc.data.task_source import ReservedPrompts, TaskBatchSource
+from megaproc.synthetic import GraphSearchGenerator
 
 
 def generator(**kwargs):
@@ -24,7 +24,7 @@ def generator(**kwargs):
 
 def source(tokenizer, micro_batch=2, grad_accum=2, world_size=1, rank=0, seq_len=64, prefetch=True,
            reserved=frozenset(), messages=None, **gen):
-    return TaskBatchSource(generator(**gen), TaskEncoder(tokenizer), micro_batch, grad_accum,
+    return TaskBatchSource(generator(**gen), PromptAnswerEncoder(tokenizer), micro_batch, grad_accum,
                            world_size, rank, tokenizer.pad_token_id, seq_len, reserved=reserved,
                            prefetch=prefetch, log=(messages.append if messages is not None else None))
 
@@ -45,7 +45,7 @@ def steps(src, count):
 
 def accepted_indices(tokenizer, indices, stage=1, seq_len=64, reserved=frozenset()):
     """Independent reference: the indices whose example is produced, not reserved and fits."""
-    gen, encoder, kept = generator(), TaskEncoder(tokenizer), []
+    gen, encoder, kept = generator(), PromptAnswerEncoder(tokenizer), []
     for index in indices:
         example = gen.example(index, stage)
         if example is None or example.prompt in reserved:
@@ -157,7 +157,10 @@ def test_batches_carry_the_correctness_masks(tokenizer):
 
 def test_task_run_fingerprint_never_builds_the_default_corpus(tmp_path, monkeypatch, symbolic_splits):
     from megaproc.config import load_config
-    from megaproc.data.run_sources import data_fingerprint
+    from megaproc.runs import resolve, run_kind
+
+    def data_fingerprint(cfg, tokenizer):
+        return run_kind(resolve(cfg)).data_fingerprint(tokenizer)
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("MEGAPROC_CACHE", str(cache))

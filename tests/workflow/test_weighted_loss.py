@@ -75,15 +75,15 @@ def test_batches_carry_the_word_mask_of_task_and_mixin_samples(tmp_path, tokeniz
     import json
 
     from megaproc.data.batch import collate
-    from megaproc.data.mixin import JsonlTaskDataset
-    from megaproc.data.task_encoding import TaskEncoder, collate_task
+    from megaproc.data.prompt_answer import (PromptAnswerDataset, PromptAnswerEncoder,
+                                             collate_prompt_answer)
 
     tok = tokenizer
     path = tmp_path / "mix.jsonl"
     path.write_text(json.dumps({"prompt": "a b c", "output_texts": [" d e"]}) + "\n")
-    mixin = JsonlTaskDataset(str(path), tok, seq_len=64)[0]
-    task = TaskEncoder(tok).encode_pairs([("a b c", " d e")])[0]
-    for batch in (collate([mixin], tok.pad_token_id), collate_task([task], tok.pad_token_id)):
+    mixin = PromptAnswerDataset(str(path), tok, seq_len=64)[0]
+    task = PromptAnswerEncoder(tok).encode_pairs([("a b c", " d e")])[0]
+    for batch in (collate([mixin], tok.pad_token_id), collate_prompt_answer([task], tok.pad_token_id)):
         answer, word = batch["answer_mask"][0], batch["word_mask"][0]
         labels = batch["labels"][0]
         assert answer.sum() == word.sum() + 1                 # the eos

@@ -1,17 +1,35 @@
-"""Prompt/answer task examples from a ``.jsonl`` file, tokenized on the fly (the synthetic mixin).
+"""Prompt/answer examples: the one token layout, and a ``.jsonl`` file of them as a dataset.
 
-Each line is a JSON object with a prompt and an answer: the graph-search splits written by
-``data_tools.build_splits`` have ``{"prompt": str, "output_texts": [str, ...], ...}`` and we
-train on the first non-empty output text (as the original pre-pretraining scripts did: other
-valid answers are ignored); ``{"prompt": str, "answer": str}`` works too.
+Layout (:class:`PromptAnswerEncoder`)
+    A sample is ``tokens = [bos] + ids(prompt) + ids(answer) + [eos]`` (bos/eos only when the
+    tokenizer defines them; prompt and answer are tokenized separately, so the live
+    pre-pretraining stream, the synthetic mixin and a DeepMind-Mathematics training file agree
+    token for token).  Besides the batch contract's ``answer_mask`` (the answer tokens and the
+    eos: what ``answer_only`` trains) every sample carries the two masks that decide
+    correctness (see :mod:`megaproc.eval.answer_correctness`):
 
-Loading scans the file once: it records each example's byte offset and token length in numpy
-arrays (no per-example Python objects are kept) and drops examples longer than
-``seq_len + 1`` tokens with a warning (:attr:`JsonlTaskDataset.num_dropped`).  Items are
-re-read and re-tokenized when requested.  Index ``i`` is example ``perm(i // n)[i % n]`` where
-``perm(e)`` is a seeded permutation of the ``n`` kept examples for pass ``e``, so the dataset
-cycles deterministically with a fresh order every pass, and item ``i`` depends only on the
-file, the tokenizer and the seed - never on ``num_samples`` (which only sets ``len()``).
+    * ``word_mask``: the answer's tokens (the greedy prediction must equal each of them);
+    * ``boundary_mask``: the position after the answer (the eos) when the answer text ends in a
+      word character (letter, digit or ``_``): the greedy prediction there must not continue
+      the word, so ``" 12"`` followed by ``"3"`` is wrong while ``" 12"`` followed by eos or
+      ``" 5"`` is right.  Natural-language answers end with ``"."``, which already closes the
+      word.
+
+Files (:class:`PromptAnswerDataset`)
+    Each line is a JSON object with a prompt and an answer: the graph-search splits written by
+    ``data_tools.build_splits`` have ``{"prompt": str, "output_texts": [str, ...], ...}`` and we
+    train on the first non-empty output text (as the original pre-pretraining scripts did);
+    ``{"prompt": str, "answer": str}`` works too (DeepMind Mathematics).  The same class serves
+    the synthetic mixin and ordinary ``.jsonl`` training or validation files.
+
+    Loading scans the file once: it records each example's byte offset and token length in
+    numpy arrays (no per-example Python objects are kept) and drops examples longer than
+    ``seq_len + 1`` tokens with a warning (:attr:`PromptAnswerDataset.num_dropped`).  Items are
+    re-read and re-tokenized when requested.  Index ``i`` is example ``perm(i // n)[i % n]``
+    where ``perm(e)`` is a seeded permutation of the ``n`` kept examples for pass ``e``, so the
+    dataset cycles deterministically with a fresh order every pass, and item ``i`` depends only
+    on the file, the tokenizer and the seed - never on ``num_samples`` (which only sets
+    ``len()``).
 """
 
 from __future__ import annotations
@@ -22,9 +40,90 @@ import os
 import warnings
 
 import numpy as np
+import torch
 
+from megaproc.data.batch import collate
 from megaproc.tokenizer import private_backend
 
+
+class PromptAnswerEncoder:
+    """Tokenizes prompt/answer pairs into samples (``tokens``, ``answer_mask``, ``word_mask``)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos_id = getattr(tokenizer, "bos_token_id", None)
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        self._backend = private_backend(tokenizer)
+
+    @property
+    def num_special_tokens(self) -> int:
+        """bos and eos tokens added around every example."""
+        return int(self.bos_id is not None) + int(self.eos_id is not None)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens)."""
+        if self._backend is not None:
+            return [enc.ids for enc in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def sample(self, prompt_ids: list[int], answer_ids: list[int], answer_text: str) -> dict:
+        """One sample from already tokenized prompt and answer."""
+        head = [self.bos_id] if self.bos_id is not None else []
+        tail = [self.eos_id] if self.eos_id is not None else []
+        tokens = np.asarray(head + list(prompt_ids) + list(answer_ids) + tail, dtype=np.int64)
+        answer_start = len(head) + len(prompt_ids)
+        answer_mask = np.zeros(len(tokens), dtype=bool)
+        answer_mask[answer_start:] = True
+        word_mask = np.zeros(len(tokens), dtype=bool)
+        word_end = answer_start + len(answer_ids)
+        word_mask[answer_start:word_end] = True
+        boundary_mask = np.zeros(len(tokens), dtype=bool)
+        if tail and ends_in_word_character(answer_text):
+            boundary_mask[word_end] = True
+        return {"tokens": tokens, "answer_mask": answer_mask, "word_mask": word_mask,
+                "boundary_mask": boundary_mask, "source": 0}
+
+    def encode_pairs(self, pairs: list[tuple[str, str]]) -> list[dict]:
+        """Samples for ``(prompt, answer)`` pairs (tokenized in one batch)."""
+        if not pairs:
+            return []
+        ids = self.encode_texts([p for p, _ in pairs] + [a for _, a in pairs])
+        half = len(pairs)
+        return [self.sample(ids[k], ids[half + k], pairs[k][1]) for k in range(half)]
+
+
+def is_word_character(char: str) -> bool:
+    """Letters, digits and ``_`` continue a word."""
+    return char.isalnum() or char == "_"
+
+
+def ends_in_word_character(text: str) -> bool:
+    """True when a following word character would make ``text`` a longer word."""
+    return bool(text) and is_word_character(text[-1])
+
+
+def collate_prompt_answer(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict:
+    """:func:`megaproc.data.batch.collate` (which carries ``word_mask``) plus ``boundary_mask``
+    [B, T] aligned with the labels, and ``example_id``/``primary`` [B] (which example a row
+    answers).
+
+    Without ``pad_to`` the batch is as wide as its longest sample (padding never changes the
+    loss or the predictions of real positions: attention is causal and pads are ignored).
+    """
+    batch = collate(samples, pad_id, pad_to=pad_to)
+    # Rows of one example (its valid answers): ``example_id`` [B] and ``primary`` [B] (the row of
+    # output_texts[0]); a sample without them is its own example.
+    batch["example_id"] = torch.tensor([int(s.get("example_id", row)) for row, s in enumerate(samples)])
+    batch["primary"] = torch.tensor([bool(s.get("primary", True)) for s in samples])
+    boundary = torch.zeros_like(batch["answer_mask"])
+    for row, sample in enumerate(samples):
+        mask = np.asarray(sample["boundary_mask"], dtype=bool)[1:]
+        boundary[row, :len(mask)] = torch.from_numpy(mask)
+    batch["boundary_mask"] = boundary
+    return batch
+
+
+# ----------------------------------------------------------------------------- files
 _BATCH = 1024  # examples tokenized together while scanning
 
 
@@ -44,7 +143,7 @@ def _answer_text(record: dict, answer_key: str | None):
     return None
 
 
-class JsonlTaskDataset:
+class PromptAnswerDataset:
     """Tokenized prompt/answer examples; items are ``{"tokens", "answer_mask", "word_mask",
     "length"}``.
 
@@ -67,10 +166,8 @@ class JsonlTaskDataset:
         self.answer_key = answer_key
         self.seed = int(seed)
         self.name = name
-        self.bos_id = getattr(tokenizer, "bos_token_id", None)
-        self.eos_id = getattr(tokenizer, "eos_token_id", None)
-        self._specials = int(self.bos_id is not None) + int(self.eos_id is not None)
-        self._backend = None
+        self._encoder = None
+        self._specials = self.encoder.num_special_tokens
         self.num_dropped = 0
         self.num_invalid = 0
         self.offsets, self.line_bytes, self.lengths = self._scan()
@@ -94,18 +191,16 @@ class JsonlTaskDataset:
             return None
         return prompt, answer
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens.
+    @property
+    def encoder(self) -> PromptAnswerEncoder:
+        """This dataset's encoder (its own tokenizer backend; rebuilt after unpickling)."""
+        if self._encoder is None:
+            self._encoder = PromptAnswerEncoder(self.tokenizer)
+        return self._encoder
 
-        Uses a private copy of the fast tokenizer's Rust backend: calling the shared HF
-        tokenizer re-configures its backend on every call, which fails ("Already borrowed")
-        when a prefetch thread and the main thread tokenize at the same time.
-        """
-        if self._backend is None:
-            self._backend = private_backend(self.tokenizer) or False
-        if self._backend is False:
-            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        return self.encoder.encode_texts(texts)
 
     def _scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         limit = self.seq_len + 1
@@ -155,7 +250,7 @@ class JsonlTaskDataset:
         state = self.__dict__.copy()
         state["_fd"] = None
         state["_fd_pid"] = None
-        state["_backend"] = None
+        state["_encoder"] = None
         return state
 
     def __del__(self):
@@ -165,7 +260,7 @@ class JsonlTaskDataset:
     def __len__(self) -> int:
         return self.num_samples
 
-    def resized(self, num_samples: int) -> "JsonlTaskDataset":
+    def resized(self, num_samples: int) -> "PromptAnswerDataset":
         """The same examples and order with ``len() == num_samples``, without rescanning the file.
 
         Item ``i`` does not depend on the length (it is ``perm(i // n)[i % n]``), so a resized
@@ -176,7 +271,7 @@ class JsonlTaskDataset:
         clone = copy.copy(self)  # shares the read-only offset/length arrays
         # Per-instance state: own file descriptor (closed by __del__), tokenizer backend and
         # permutation cache, so neither copy closes or mutates what the other uses.
-        clone._fd, clone._fd_pid, clone._backend, clone._perm = None, None, None, (None, None)
+        clone._fd, clone._fd_pid, clone._encoder, clone._perm = None, None, None, (None, None)
         clone.num_samples = int(num_samples)
         return clone
 
@@ -218,18 +313,12 @@ class JsonlTaskDataset:
         if texts is None:
             raise RuntimeError(f"{self.path} changed since it was loaded (example {example})")
         prompt_ids, answer_ids = self._encode(list(texts))
-        head = [self.bos_id] if self.bos_id is not None else []
-        tail = [self.eos_id] if self.eos_id is not None else []
-        tokens = np.asarray(head + prompt_ids + answer_ids + tail, dtype=np.int64)
-        if len(tokens) != int(self.lengths[example]):
+        sample = self.encoder.sample(prompt_ids, answer_ids, texts[1])
+        if len(sample["tokens"]) != int(self.lengths[example]):
             raise RuntimeError(f"{self.path} changed since it was loaded (example {example})")
-        answer_start = len(head) + len(prompt_ids)
-        mask = np.zeros(len(tokens), dtype=bool)
-        mask[answer_start:] = True
-        word = np.zeros(len(tokens), dtype=bool)
-        word[answer_start:answer_start + len(answer_ids)] = True
-        return {"tokens": tokens, "answer_mask": mask, "word_mask": word, "length": len(tokens)}
+        sample["length"] = len(sample["tokens"])
+        return sample
 
     def __repr__(self) -> str:
-        return (f"JsonlTaskDataset({self.path!r}, examples={self.num_examples}, "
+        return (f"PromptAnswerDataset({self.path!r}, examples={self.num_examples}, "
                 f"dropped={self.num_dropped}, len={len(self)})")

@@ -1,0 +1,48 @@
+"""The seeds' per-run files, rebuilt from ``logs/eval.jsonl`` (rank 0 writes them).
+
+* classification (seed ``sequence_classification.md``): ``metrics.json`` - arrays per evaluation
+  point ``{"step": [...], "epoch": [...], "train_loss": [...], "train_acc": [...],
+  "test_loss": [...], "test_acc": [...]}`` (plus ``"data"``: notes on how the data set was drawn,
+  e.g. sampling with replacement); ``logs.log`` - one line per evaluation point; ``config.json``
+  - the resolved config, unless the run's launcher already wrote its own;
+* FineWeb prototype (seed ``gpt_prototype_fineweb.md``): ``step_metrics.json`` -
+  ``{"<step>": {metric: value, ...}}`` with the records of one step merged, so validation,
+  held-out task accuracy and benchmarks of a step sit side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megaproc.files import atomic_write_json, atomic_write_text, iter_jsonl
+
+CLASSIFY_METRIC_KEYS = ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+CLASSIFY_EVENT = "classify"
+
+
+def write_classify_files(run_dir: Path, eval_log: Path, data_notes: dict | None = None) -> None:
+    """``metrics.json`` and ``logs.log`` of a classification run from its eval records."""
+    records = [r for r in iter_jsonl(eval_log) if r.get("event") == CLASSIFY_EVENT]
+    arrays: dict = {key: [r.get(key) for r in records] for key in CLASSIFY_METRIC_KEYS}
+    if data_notes:
+        arrays["data"] = data_notes
+    atomic_write_json(Path(run_dir) / "metrics.json", arrays, indent=1)
+    lines = [" ".join(f"{k}={r[k]:.6g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
+                      for k in CLASSIFY_METRIC_KEYS if k in r) for r in records]
+    atomic_write_text(Path(run_dir) / "logs.log", "".join(line + "\n" for line in lines))
+
+
+def write_config_json(run_dir: Path, config_dict: dict) -> None:
+    """``config.json`` (the resolved config) unless a launcher already wrote one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        atomic_write_json(path, config_dict)
+
+
+def write_step_metrics(run_dir: Path, eval_log: Path) -> None:
+    """``step_metrics.json``: every eval record merged per step."""
+    merged: dict[str, dict] = {}
+    for record in iter_jsonl(eval_log):
+        merged.setdefault(str(record.get("step", 0)), {}).update(
+            {k: v for k, v in record.items() if k not in ("step", "timestamp")})
+    atomic_write_json(Path(run_dir) / "step_metrics.json", merged, indent=1, default=float)
