@@ -270,7 +270,7 @@ class Checkpointer:
         if dist_utils.is_main():
             writes.run(tmp / "hf_config", hf_config.save_pretrained, str(tmp / "hf_config"))
             writes.run(tmp / "tokenizer", tokenizer.save_pretrained, str(tmp / "tokenizer"))
-        entries = self._agree(writes, step)
+        entries = self._agree(writes, step, entries=True)
         _fault_pause(step)
         # Phase 2, rank 0: trainer state, manifest, COMPLETE, publish, prune.
         if dist_utils.is_main():
@@ -312,13 +312,14 @@ class Checkpointer:
             except OSError as exc:  # the new checkpoint is complete: report, do not fail
                 log.warning(f"pruning old checkpoints failed: {exc}")
 
-    def _agree(self, writes: SaveWrites, step: int) -> dict:
+    def _agree(self, writes: SaveWrites, step: int, entries: bool = False) -> dict:
         """Exchange every rank's write record (collective); raise on all ranks if one failed.
 
-        Returns the manifest entries of all ranks.  On a failure rank 0 removes the partial
-        directory (and puts back an old copy a re-save had moved aside) before any rank raises.
+        Returns the manifest entries of all ranks when ``entries``.  On a failure rank 0
+        removes the partial directory (and puts back an old copy a re-save had moved aside)
+        before any rank raises.
         """
-        reports = dist_utils.all_gather_objects((writes.failure, writes.entries))
+        reports = dist_utils.all_gather_objects((writes.failure, writes.entries if entries else {}))
         failures = [failure for failure, _ in reports if failure is not None]
         if not failures:
             return {rel: entry for _, entries in reports for rel, entry in entries.items()}

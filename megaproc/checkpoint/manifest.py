@@ -126,7 +126,8 @@ def read_manifest(ckpt_dir: str | os.PathLike) -> Entries | None:
         sizes_ok = all(isinstance(e["size"], int) for e in files.values())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
             AttributeError) as exc:
-        raise ManifestError(f"{MANIFEST_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise ManifestError(f"{MANIFEST_FILE} is unreadable "
+                            f"({type(exc).__name__}: {exc})") from None
     if not sizes_ok:
         raise ManifestError(f"{MANIFEST_FILE} lists a file without an integer size")
     if int(version) > MANIFEST_VERSION or algorithm != HASH:

@@ -35,8 +35,9 @@ class SavingEngine:
         self.checkpoint_engine.makedirs(tag_dir, exist_ok=True)
         self.checkpoint_engine.save({"module": {"w": self.weights}},
                                     os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
+        optim_file = os.path.join(tag_dir, "zero_pp_rank_0_mp_rank_00_optim_states.pt")
         self.checkpoint_engine.save({"optimizer_state_dict": {"exp_avg": self.weights * 2}},
-                                    os.path.join(tag_dir, "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+                                    optim_file)
         self._copy_recovery_script(save_dir)
         if save_latest:
             with open(os.path.join(save_dir, "latest"), "w") as fh:

@@ -80,7 +80,8 @@ def test_verify_cli_ok_truncated_and_changed(run_dir, capsys):
     half = truncate(shard)
     code, out, _ = verify(capsys, ckpt)
     assert code == 1
-    assert f"ds/zero_pp_rank_0_mp_rank_00_optim_states.pt has {half} bytes, the manifest says {full}" in out
+    assert (f"ds/zero_pp_rank_0_mp_rank_00_optim_states.pt has {half} bytes, the manifest says "
+            f"{full}") in out
     code, out, _ = verify(capsys, run_dir)  # the older one still verifies
     assert code == 1 and "OK: " in out and "FAILED: " in out
 
@@ -94,7 +95,8 @@ def test_verify_cli_hashes_catch_what_sizes_miss(run_dir, capsys):
     assert code == 0 and "sizes match" in out
 
 
-def test_verify_cli_garbage_manifest_missing_manifest_and_not_a_checkpoint(run_dir, capsys, tmp_path):
+def test_verify_cli_garbage_manifest_missing_manifest_and_not_a_checkpoint(run_dir, capsys,
+                                                                            tmp_path):
     ckpt = run_dir / "checkpoints" / "step_00000004"
     (ckpt / MANIFEST_FILE).write_text("{garbage")
     code, out, _ = verify(capsys, ckpt)
@@ -104,4 +106,5 @@ def test_verify_cli_garbage_manifest_missing_manifest_and_not_a_checkpoint(run_d
     assert code == 1 and "no manifest.json" in out
     code, out, err = verify(capsys, tmp_path / "nothing")
     assert code == 2 and err.strip().splitlines() == [
-        f"{PROG}: error: {tmp_path / 'nothing'} is not a complete checkpoint (no COMPLETE) and holds none"]
+        f"{PROG}: error: {tmp_path / 'nothing'} is not a complete checkpoint (no COMPLETE) and "
+        "holds none"]

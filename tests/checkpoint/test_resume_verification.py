@@ -14,6 +14,8 @@ import pytest
 from megaproc.checkpoint import (Checkpointer, CheckpointError, ResumeError,
                                  check_checkpoint_dir, layout)
 from megaproc.checkpoint.manifest import MANIFEST_FILE
+from megaproc.config import load_config
+from megaproc.errors import ConfigError
 from tests.checkpoint import flip_byte, save, truncate
 
 SHARD = "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -116,3 +118,10 @@ def test_export_refuses_a_checkpoint_whose_sizes_differ(tmp_path):
     truncate(path / "ds" / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError, match="is damaged: ds/mp_rank_00_model_states.pt has"):
         check_checkpoint_dir(path)
+
+
+def test_checkpoint_verify_is_a_checked_config_key():
+    assert load_config(None, []).checkpoint.verify == "hashes"
+    assert load_config(None, ["checkpoint.verify=sizes"]).checkpoint.verify == "sizes"
+    with pytest.raises(ConfigError, match="checkpoint.verify"):
+        load_config(None, ["checkpoint.verify=md5"])

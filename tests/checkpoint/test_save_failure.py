@@ -67,7 +67,8 @@ def test_a_bug_in_a_writer_keeps_its_traceback_and_still_ends_in_one_line(checkp
         def save_pretrained(self, directory):
             raise ValueError("config cannot be serialised")
 
-    with pytest.raises(CheckpointSaveError, match="failed: ValueError: config cannot be serialised"):
+    with pytest.raises(CheckpointSaveError,
+                       match="failed: ValueError: config cannot be serialised"):
         checkpointer.save(8, SavingEngine(), {}, BrokenConfig("c"), SavesPretrained("t"))
     assert "Traceback" in capsys.readouterr().err
 
