@@ -3,8 +3,9 @@
 For each model, ranks build a real ZeRO-2 engine (megaproc's builders, fp32 on CPU), take one
 optimizer step (so the Adam state exists), then alternate, ``--repeats`` times:
 
-- ``plain``: what a save cost before manifests -- ``engine.save_checkpoint`` plus every rank's
-  RNG file, the model config and tokenizer, an fsync of every file and directory;
+- ``plain``: the save before manifests, step for step -- ``engine.save_checkpoint``, every
+  rank's RNG file, the model config and tokenizer, an fsync of every file and directory by
+  local rank 0, the trainer state and ``COMPLETE`` (fsynced), the rename into place;
 - ``megaproc``: :meth:`megaproc.checkpoint.Checkpointer.save` (each rank hashes its files while
   writing them and fsyncs them, rank 0 hashes the rest and writes the manifest).
 
@@ -60,13 +61,23 @@ class TimedHasher:
         return self.inner.hexdigest()
 
 
-def plain_save(engine, tmp: Path, hf_config, tokenizer) -> None:
-    """The save without manifests: DeepSpeed, RNG, config, tokenizer, fsync of everything."""
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def plain_save(engine, tmp: Path, final: Path, state: dict, hf_config, tokenizer) -> None:
+    """The save before manifests, step for step: DeepSpeed, RNG, config, tokenizer; local rank
+    0 fsyncs every file and directory; rank 0 writes the trainer state and COMPLETE (fsynced)
+    and renames the directory in."""
     import torch
 
     from megaproc import distributed as dist_utils
     from megaproc.checkpoint.checkpointer import rng_state
-    from megaproc.checkpoint.layout import fsync_directories
+    from megaproc.checkpoint.layout import fsync_directories, publish
+    from megaproc.files import fsync_dir
 
     engine.save_checkpoint(str(tmp), tag="ds")
     (tmp / "rng").mkdir(parents=True, exist_ok=True)
@@ -80,6 +91,12 @@ def plain_save(engine, tmp: Path, hf_config, tokenizer) -> None:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         fsync_directories(tmp)
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        _write_synced(tmp / "trainer_state.json", json.dumps(state, indent=2))
+        _write_synced(tmp / "COMPLETE", "ok\n")
+        fsync_dir(tmp)
+        publish(tmp, final)
     dist_utils.barrier()
 
 
@@ -126,19 +143,23 @@ def worker(args) -> None:
             "verify_hashes_s": [], "verify_sizes_s": []}
     size = 0
     for repeat in range(args.repeats):
-        plain = work / f"plain_{repeat}"
-        dist_utils.barrier()
-        start = time.perf_counter()
-        plain_save(engine, plain, model.config, tokenizer)
-        runs["plain_save_s"].append(time.perf_counter() - start)
-        TimedHasher.total = 0.0
-        dist_utils.barrier()
-        start = time.perf_counter()
-        path = checkpointer.save(repeat + 1, engine, state, model.config, tokenizer)
-        runs["save_s"].append(time.perf_counter() - start)
-        hashing = torch.tensor([TimedHasher.total], dtype=torch.float64)
-        torch.distributed.all_reduce(hashing, op=torch.distributed.ReduceOp.MAX)
-        runs["hashing_in_save_s"].append(float(hashing))
+        plain = work / "plain" / f"step_{repeat:08d}"
+        # Alternate which save goes first, so neither always meets the other's page cache
+        # and write-back.
+        for kind in (("plain", "megaproc") if repeat % 2 == 0 else ("megaproc", "plain")):
+            dist_utils.barrier()
+            TimedHasher.total = 0.0
+            start = time.perf_counter()
+            if kind == "plain":
+                plain_save(engine, plain.with_name(f".tmp_{plain.name}"), plain, state,
+                           model.config, tokenizer)
+                runs["plain_save_s"].append(time.perf_counter() - start)
+                continue
+            path = checkpointer.save(repeat + 1, engine, state, model.config, tokenizer)
+            runs["save_s"].append(time.perf_counter() - start)
+            hashing = torch.tensor([TimedHasher.total], dtype=torch.float64)
+            torch.distributed.all_reduce(hashing, op=torch.distributed.ReduceOp.MAX)
+            runs["hashing_in_save_s"].append(float(hashing))
         for mode in ("hashes", "sizes"):
             checkpointer.verify_hashes = mode == "hashes"
             dist_utils.barrier()
@@ -155,6 +176,8 @@ def worker(args) -> None:
         record = {"model": args.model, "model_name": name, "params": params,
                   "ranks": dist_utils.world_size(), "checkpoint_mb": round(size / 1e6, 1),
                   "repeats": args.repeats, **{k: round(v, 4) for k, v in med.items()},
+                  "each_plain_save_s": [round(v, 3) for v in runs["plain_save_s"]],
+                  "each_save_s": [round(v, 3) for v in runs["save_s"]],
                   "hash_fraction_of_save": round(med["hashing_in_save_s"] / med["save_s"], 4),
                   "save_ratio": round(med["save_s"] / med["plain_save_s"], 3),
                   "hash_gb_per_s": round(size / 1e9 / max(med["hashing_in_save_s"], 1e-9)

@@ -270,6 +270,7 @@ class Checkpointer:
         if dist_utils.is_main():
             writes.run(tmp / "hf_config", hf_config.save_pretrained, str(tmp / "hf_config"))
             writes.run(tmp / "tokenizer", tokenizer.save_pretrained, str(tmp / "tokenizer"))
+        writes.sync()
         entries = self._agree(writes, step, entries=True)
         _fault_pause(step)
         # Phase 2, rank 0: trainer state, manifest, COMPLETE, publish, prune.

@@ -16,9 +16,9 @@ Inside ``engine.save_checkpoint`` the writes are routed through
 object DeepSpeed calls for ``makedirs`` and ``save`` of every state file), and rank 0's copy of
 the ``zero_to_fp32.py`` recovery scripts is guarded the same way (see :func:`recording`).
 
-Each rank hashes the files it writes while writing them (:func:`write_torch`) and fsyncs them,
-so hashing and flushing run in parallel over the ranks; the entries go to rank 0 for the
-manifest.
+Each rank hashes the files it writes while writing them (:meth:`SaveWrites.torch_file`) and
+fsyncs them when all are written (:meth:`SaveWrites.sync`), so hashing and flushing run in
+parallel over the ranks; the entries go to rank 0 for the manifest.
 
 The exit code of a failed save is :data:`SAVE_FAILED_EXIT_CODE` (74, ``EX_IOERR``), next to 75
 for preemption: a job script must not requeue it (the disk stays full until someone acts).
@@ -94,6 +94,11 @@ def io_reason(exc: BaseException, path: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:  # fsync through any descriptor flushes the file's pages
+        os.fsync(handle.fileno())
+
+
 def _injected_fault(step: int, rank: int) -> bool:
     spec = os.environ.get(FAULT_ENOSPC_ENV)
     if not spec:
@@ -114,6 +119,7 @@ class SaveWrites:
         self.entries: dict[str, dict] = {}
         self.failure: tuple[str, str] | None = None  # (path, reason)
         self._inject = _injected_fault(step, rank)
+        self._unsynced: list[Path] = []
 
     def run(self, path: Path, write: Callable[..., Any], *args, **kwargs) -> Any:
         """Call ``write(*args, **kwargs)`` (which writes ``path``); None after a failure."""
@@ -139,7 +145,8 @@ class SaveWrites:
         self.failure = (str(found[1]), found[0])
 
     def torch_file(self, obj: Any, path: Path, zipfile: bool = True) -> None:
-        """``torch.save`` ``obj`` to ``path`` (parents created), hashed and fsynced."""
+        """``torch.save`` ``obj`` to ``path`` (parents created), hashed while written; fsynced
+        by :meth:`sync`."""
         self.run(path, self._write_torch, obj, Path(path), zipfile)
 
     def _write_torch(self, obj: Any, path: Path, zipfile: bool) -> None:
@@ -150,9 +157,15 @@ class SaveWrites:
         with open(path, "wb") as handle:
             writer = HashingWriter(handle)
             torch.save(obj, writer, _use_new_zipfile_serialization=zipfile)
-            handle.flush()
-            os.fsync(handle.fileno())
         self.entries[self.relative(path)] = writer.entry()
+        self._unsynced.append(path)
+
+    def sync(self) -> None:
+        """fsync every file written so far (after all of them: the kernel writes the first
+        back while the later ones are written).  A deferred write error surfaces here."""
+        while self._unsynced and self.failure is None:
+            path = self._unsynced.pop(0)
+            self.run(path, _fsync_file, path)
 
     def record(self, path: Path) -> None:
         """Hash and fsync a file something else wrote."""
@@ -172,7 +185,9 @@ class RecordingCheckpointEngine:
     ``commit``, ``is_decoupled``, ...) is the real engine's.  DeepSpeed's default
     ``TorchCheckpointEngine.save`` is ``torch.save(state_dict, path)``: it is done here with
     the same serialization flag through :meth:`SaveWrites.torch_file` (hashed while written,
-    errno kept); another checkpoint engine saves as usual and its file is hashed after.
+    errno kept); another checkpoint engine saves as usual, and rank 0 hashes its files with
+    the others it did not get entries for.  (A *decoupled* engine, which commits later, is
+    not supported: megaproc's checkpoints are complete when ``save`` returns.)
     """
 
     def __init__(self, inner, writes: SaveWrites):
@@ -192,9 +207,8 @@ class RecordingCheckpointEngine:
 
         if type(self.inner) is TorchCheckpointEngine:
             self.writes.torch_file(state_dict, Path(path), self.inner.zipfile_serialization)
-        else:
+        else:  # rank 0 hashes the file with the other unlisted ones before the manifest
             self.writes.run(Path(path), self.inner.save, state_dict, path)
-            self.writes.record(Path(path))
 
 
 @contextlib.contextmanager
