@@ -27,6 +27,7 @@ setup(
         "zstandard",
         "pyarrow",
         "psutil",
+        "xxhash",  # checkpoint manifests (megaproc/checkpoint/manifest.py)
     ],
     extras_require={
         "logging": ["tensorboard", "wandb", "matplotlib"],

@@ -256,11 +256,14 @@ class CheckpointConfig:
 
     save_every: int = 0
     keep_last_k: int = 3
-    # "auto" (newest complete checkpoint in run.out_dir, if any), "none", or a path.
+    # "auto" (newest complete checkpoint in run.out_dir that verifies, if any), "none", or a path.
     resume: str = "auto"
     save_final: bool = True
     # Resume a checkpoint written with another number of ranks (re-shards the ZeRO state).
     allow_world_size_change: bool = False
+    # What a resume checks against a checkpoint's manifest before using it: file sizes and
+    # content hashes ("hashes"), or sizes only ("sizes", no re-read of the files).
+    verify: Literal["hashes", "sizes"] = "hashes"
 
     def validate(self) -> None:
         """Cadences are non-negative and ``resume`` names something."""

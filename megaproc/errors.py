@@ -3,9 +3,9 @@
 Every subsystem's bad-input error (a config key, a resume with changed settings, a missing
 tokenizer, a corrupt indexed file, a malformed evaluation row, ...) subclasses
 :class:`UserError`.  Commands run their ``main`` through :func:`run_cli`, which turns a user
-error into ``error: <first line of the message>`` on stderr (rank 0 only under a launcher) and
-the error's exit code (2 unless the class says otherwise); anything else is a bug and keeps its
-traceback.
+error into ``error: <first line of the message>`` on stderr (rank 0 only under a launcher, unless
+the class sets ``every_rank``) and the error's exit code (2 unless the class says otherwise);
+anything else is a bug and keeps its traceback.
 
 This module is a leaf: it imports nothing of megaproc.
 """
@@ -24,6 +24,9 @@ class UserError(Exception):
     """Bad input to megaproc; the message says what and where in one line."""
 
     exit_code: ClassVar[int] = USER_ERROR_EXIT_CODE
+    # True when every rank of a launched job should print the line (the ranks agreed on the
+    # error, e.g. a failed checkpoint save, and each rank's log should say why it stopped).
+    every_rank: ClassVar[bool] = False
 
 
 class ConfigError(UserError, ValueError):
@@ -46,12 +49,13 @@ def run_cli(main: Callable[..., int | None], *args, prog: str = "",
     """Call ``main(*args)`` and return its exit code; a :class:`UserError` (or one of ``also``,
     e.g. ``OSError`` for file tools) becomes one ``error:`` line and the error's exit code.
 
-    Under a launcher only global rank 0 prints (every rank raises the same error).
+    Under a launcher only global rank 0 prints (every rank raises the same error), unless the
+    error's class sets ``every_rank``.
     """
     try:
         return int(main(*args) or 0)
     except (UserError, *also) as exc:
-        if os.environ.get("RANK", "0") == "0":
+        if os.environ.get("RANK", "0") == "0" or getattr(exc, "every_rank", False):
             head = f"{prog}: error" if prog else "error"
             print(f"{head}: {one_line(exc)}", file=sys.stderr, flush=True)
         return int(getattr(exc, "exit_code", USER_ERROR_EXIT_CODE))

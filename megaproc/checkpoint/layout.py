@@ -4,23 +4,28 @@ Layout of ``RUN_DIR/checkpoints/step_XXXXXXXX/``::
 
     ds/                       DeepSpeed engine state (tag "ds"), any ZeRO stage
     latest                    DeepSpeed's tag file
+    zero_to_fp32.py ...       DeepSpeed's recovery scripts
     hf_config/                model config (save_pretrained)
     tokenizer/                the run's tokenizer
     rng/rank_00000.pt         python, numpy and torch RNG states of each rank
     trainer_state.json        step, data position, hook states, batch geometry, config
+    manifest.json             every file above with its size and hash (:mod:`.manifest`)
     COMPLETE                  written last; a directory without it is never resumed from
 
 Crash safety (a ``kill -9`` at any instant leaves a resumable run):
 
-* a checkpoint is written into ``.tmp_step_X``; every file and directory in it is fsynced,
-  ``COMPLETE`` is written and fsynced, then the directory is renamed to ``step_X`` and the
-  parent directory fsynced;
+* a checkpoint is written into ``.tmp_step_X``; every file in it is fsynced by the rank that
+  wrote it and every directory by rank 0, the manifest and ``COMPLETE`` are written and
+  fsynced, then the directory is renamed to ``step_X`` and the parent directory fsynced;
 * re-saving an existing step renames the old ``step_X`` aside to ``.old_step_X`` first, renames
   the new one in, and only then deletes the old one;
 * pruning renames ``step_X`` to ``.deleting_step_X`` (atomic) before deleting it, so a kill
   mid-delete never leaves a ``step_X`` marked complete with missing shards;
-* :func:`recover` (run at start-up) deletes temporaries and puts back an ``.old_step_X``
-  whose replacement never arrived.
+* :func:`recover` (run at start-up, and after a failed save) deletes temporaries and puts back
+  an ``.old_step_X`` whose replacement never arrived.
+
+Damage after ``COMPLETE`` (a truncated copy, a full disk during a later rewrite, bit rot) is
+what the manifest catches: see :meth:`megaproc.checkpoint.checkpointer.Checkpointer.find_resume`.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import shutil
 from pathlib import Path
 
 from megaproc.errors import ResumeError
+from megaproc.files import fsync_dir
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "COMPLETE"
+DS_TAG = "ds"  # the DeepSpeed tag every megaproc checkpoint is saved under
 TMP_PREFIX, OLD_PREFIX, DELETING_PREFIX = ".tmp_", ".old_", ".deleting_"
 
 
@@ -86,36 +93,21 @@ def read_trainer_state(ckpt_dir: str | Path) -> dict:
     """The trainer state of a complete checkpoint."""
     path = Path(ckpt_dir) / "trainer_state.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResumeError(f"checkpoint {ckpt_dir} has no readable trainer_state.json: {exc}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ResumeError(f"checkpoint {ckpt_dir} has no readable trainer_state.json: "
+                          "it holds no step")
+    return state
 
 
 # ----------------------------------------------------------------------------- durability
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory, so renames and new entries in it survive a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: str | Path) -> None:
-    """fsync every file and directory below ``path`` (and ``path`` itself)."""
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as fh:
-                os.fsync(fh.fileno())
+def fsync_directories(path: str | Path) -> None:
+    """fsync ``path`` and every directory below it, deepest first (their entries: the files
+    themselves are fsynced by the rank that wrote them, see :mod:`.writes`)."""
+    for dirpath, _, _ in sorted(os.walk(path), key=lambda walked: -walked[0].count(os.sep)):
         fsync_dir(dirpath)
-
-
-def write_synced(path: str | Path, text: str) -> None:
-    """Write a text file and fsync it."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -142,11 +134,14 @@ def retire(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def prune(root: Path, keep_last_k: int) -> list[Path]:
-    """Retire all but the newest ``keep_last_k`` complete checkpoints (0 keeps all)."""
+def prune(root: Path, keep_last_k: int, keep: Path | None = None) -> list[Path]:
+    """Retire all but the newest ``keep_last_k`` complete checkpoints (0 keeps all), never
+    ``keep`` (the checkpoint just written: after a resume fell back past damaged newer
+    checkpoints it is older than them, and it is the newest one known to verify)."""
     if keep_last_k <= 0:
         return []
-    doomed = [path for _, path in complete_checkpoints(root)[:-keep_last_k]]
+    doomed = [path for _, path in complete_checkpoints(root)[:-keep_last_k]
+              if keep is None or path != Path(keep)]
     for path in doomed:
         retire(path)
     return doomed

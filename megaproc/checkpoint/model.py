@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from megaproc.checkpoint.layout import COMPLETE_MARKER
+from megaproc.checkpoint.layout import COMPLETE_MARKER, DS_TAG
+from megaproc.checkpoint.manifest import ManifestError, check_files, read_manifest
 from megaproc.errors import UserError
 
-DS_TAG = "ds"
 ZERO0_MODEL_FILE = "mp_rank_00_model_states.pt"
 # Wrappers that add a prefix to every parameter name: DeepSpeed/DDP and torch.compile.
 _KEY_PREFIXES = ("module.", "_orig_mod.")
@@ -30,7 +30,8 @@ def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
     """Return ``ckpt_dir`` as a Path after checking it is a complete megaproc checkpoint.
 
     Raises :class:`CheckpointError` when the directory, its ``COMPLETE`` marker, its DeepSpeed
-    ``ds`` directory or its ``hf_config/config.json`` is missing.
+    ``ds`` directory or its ``hf_config/config.json`` is missing, or a file's size differs
+    from the manifest's.
     """
     path = Path(ckpt_dir)
     if not path.is_dir():
@@ -45,6 +46,13 @@ def check_checkpoint_dir(ckpt_dir: str | Path) -> Path:
         raise CheckpointError(f"{path} has no DeepSpeed state directory {DS_TAG}/")
     if not (path / "hf_config" / "config.json").is_file():
         raise CheckpointError(f"{path} has no hf_config/config.json")
+    try:  # sizes only (cheap); `python -m megaproc.checkpoint verify` also checks the hashes
+        entries = read_manifest(path)
+    except ManifestError as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: {exc}") from None
+    problems = check_files(path, entries.items(), hashes=False) if entries else []
+    if problems:
+        raise CheckpointError(f"checkpoint {path} is damaged: {problems[0]}")
     return path
 
 

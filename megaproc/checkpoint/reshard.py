@@ -64,8 +64,8 @@ from pathlib import Path
 
 import torch
 
+import megaproc.checkpoint.layout as layout
 from megaproc import distributed as dist_utils
-from megaproc.checkpoint import layout
 from megaproc.checkpoint.layout import ResumeError
 from megaproc.console_log import get_logger
 
