@@ -39,16 +39,19 @@ def test_all_benchmarks_in_one_object_with_items(tmp_path, model_dir, capsys, mo
                              "--items-out", str(items), "--max-examples", "4")
     assert code == 0, err
     assert torch.is_grad_enabled()  # main() leaves the caller's autograd state alone
-    assert set(result["hellaswag"]) == {"acc", "acc_norm", "num_examples"}
-    assert result["hellaswag"]["num_examples"] == 4
-    assert result["ewok"]["num_items"] == 4
-    for reduction in ("sum", "mean"):
-        assert set(result["ewok"][reduction]) == {"accuracy", "accuracy_t1", "accuracy_t2",
-                                                  "by_domain"}
-    dm = result["deepmind_math"]
-    assert dm["num_examples"] == 10 and set(dm["by_split"]) == {"interpolate", "extrapolate"}
+    assert set(result["hellaswag"]) == {"path", "hellaswag_acc", "hellaswag_acc_norm",
+                                        "hellaswag_num_examples"}
+    assert result["hellaswag"]["hellaswag_num_examples"] == 4
+    assert result["ewok"]["ewok_num_items"] == 4
+    assert set(result["ewok"]) == {"source", "ewok_num_items", "ewok_domain", "ewok_mean_domain"} | {
+        f"ewok_{r}_accuracy{t}" for r in ("sum", "mean") for t in ("", "_t1", "_t2")}
+    dm = result["dm_math"]
+    assert dm["dm_math_num_examples"] == 10
+    assert set(dm["dm_math_by_split"]) == {"interpolate", "extrapolate"}
+    assert result["run"] == {"device": "cpu", "dtype": "float32", "world_size": 1,
+                             "batch_size": 16}
     rows = [json.loads(line) for line in items.read_text().splitlines()]
-    assert [r["task"] for r in rows] == ["hellaswag"] * 4 + ["ewok"] * 4 + ["deepmind_math"] * 10
+    assert [r["task"] for r in rows] == ["hellaswag"] * 4 + ["ewok"] * 4 + ["dm_math"] * 10
     assert len(rows[0]["loglik"]) == 4 and "logp_t2_c1" in rows[4] and "generated" in rows[-1]
     # --ewok without a path takes $EWOK_SRC
     monkeypatch.setenv("EWOK_SRC", str(ewok))
@@ -84,7 +87,8 @@ def test_hf_dataset_on_disk(tmp_path, model_dir, model, tokenizer, capsys):
     assert code == 0, err
     got = result["hf_dataset"]
     expected = _reference_lm_metrics(model, tokenizer, texts, 16, 4)
-    assert got["column"] == "text" and got["num_tokens"] == expected["num_tokens"] == 64
+    assert got["column"] == "text" and got["split"] == "validation" and got["seq_len"] == 17
+    assert got["num_tokens"] == expected["num_tokens"] == 64
     assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
     assert got["val_token_acc"] == pytest.approx(expected["val_token_acc"])
     # A pre-tokenized dataset (input_ids column) is used as it is.
@@ -112,7 +116,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dir, capsys, monkeypat
         (["--dm-math", str(tmp_path / "nowhere")], "DeepMind Mathematics data not found"),
         (["--hf-dataset", str(tmp_path / "notds")], "not a dataset saved with save_to_disk"),
         (["--split", str(tmp_path / "absent.jsonl")], "file not found"),
-        (["--items-out", str(tmp_path / "i.jsonl"), "--split", str(hellaswag)], "--items-out needs"),
+        (["--split", str(hellaswag)], f"{hellaswag}:1: expected an object with 'prompt'"),
+        (["--items-out", str(tmp_path / "i.jsonl"), "--hf-dataset", str(tmp_path / "notds")],
+         "--items-out needs"),
+        (["--prefix", str(tmp_path / "nowhere")], "indexed data not found"),
+        (["--hellaswag", str(hellaswag), "--batch-size", "0"], "--batch-size: must be > 0"),
         ([], "nothing to evaluate"),
     ]
     for args, message in cases:
