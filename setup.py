@@ -23,6 +23,7 @@ setup(
         "zstandard",
         "pyarrow",
         "psutil",
+        "pyzipper",  # EWoK archives: ZipCrypto and WinZip-AES encrypted zips
     ],
     extras_require={
         "logging": ["tensorboard", "wandb", "matplotlib"],

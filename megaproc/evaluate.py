@@ -244,12 +244,12 @@ def run(args) -> dict:
 def _main(args) -> int:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
         int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if launched:
-        dist_utils.init_distributed(args.local_rank)
     try:
-        # Library chatter must not mix with the JSON; no_grad (not a global switch) so that
-        # calling main() in a process leaves autograd as it was.
+        # Library chatter (DeepSpeed's start-up lines included) must not mix with the JSON;
+        # no_grad (not a global switch) so that calling main() leaves autograd as it was.
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+            if launched:
+                dist_utils.init_distributed(args.local_rank)
             result = run(args)
         if dist_utils.rank() == 0:
             print(json.dumps(result, indent=2), flush=True)
