@@ -133,7 +133,8 @@ def _env() -> dict:
     return env
 
 
-def run_megaproc(model_dir: Path, data: Path, batch_size: int, extra: list[str]) -> tuple[float, dict]:
+def run_megaproc(model_dir: Path, data: Path, batch_size: int,
+                 extra: list[str]) -> tuple[float, dict]:
     """Wall time and the ``hellaswag`` section of one ``python -m megaproc.evaluate`` run."""
     cmd = [sys.executable, "-m", "megaproc.evaluate", "--model", str(model_dir), "--hellaswag",
            str(data), "--batch-size", str(batch_size), "--no-progress", *extra]
@@ -143,8 +144,7 @@ def run_megaproc(model_dir: Path, data: Path, batch_size: int, extra: list[str])
     if proc.returncode != 0:
         raise SystemExit(f"megaproc.evaluate failed: {proc.stderr.strip()[-2000:]}")
     section = json.loads(proc.stdout)["hellaswag"]
-    return wall, {"acc": section.get("hellaswag_acc", section.get("acc")),
-                  "acc_norm": section.get("hellaswag_acc_norm", section.get("acc_norm"))}
+    return wall, {"acc": section["hellaswag_acc"], "acc_norm": section["hellaswag_acc_norm"]}
 
 
 def run_lm_eval(model_dir: Path, data: Path, batch_size: int, workdir: Path) -> tuple[float, dict]:

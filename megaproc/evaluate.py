@@ -1,4 +1,4 @@
-"""Final evaluation of a trained model: a loop over the evaluators asked for; prints one JSON object.
+"""Final evaluation of a model: a loop over the evaluators asked for; prints one JSON object.
 
     python -m megaproc.evaluate --checkpoint RUN_DIR/checkpoints/step_XXXXXXXX --split SPLIT/test.jsonl
     python -m megaproc.evaluate --model HF_DIR --split SPLIT/test.jsonl [--max-examples N]

@@ -48,8 +48,9 @@ def test_all_benchmarks_in_one_object_with_items(tmp_path, model_dir, capsys, mo
                                         "hellaswag_num_examples"}
     assert result["hellaswag"]["hellaswag_num_examples"] == 4
     assert result["ewok"]["ewok_num_items"] == 4
-    assert set(result["ewok"]) == {"source", "ewok_num_items", "ewok_domain", "ewok_mean_domain"} | {
-        f"ewok_{r}_accuracy{t}" for r in ("sum", "mean") for t in ("", "_t1", "_t2")}
+    assert set(result["ewok"]) == {
+        "source", "ewok_num_items", "ewok_domain", "ewok_mean_domain",
+        *(f"ewok_{r}_accuracy{t}" for r in ("sum", "mean") for t in ("", "_t1", "_t2"))}
     dm = result["dm_math"]
     assert dm["dm_math_num_examples"] == 10
     assert set(dm["dm_math_by_split"]) == {"interpolate", "extrapolate"}

@@ -98,3 +98,49 @@ def test_auto_batch_size_on_cpu_is_remembered_per_length(model):
     assert rows_per_batch(auto, 60) == rows and rows_per_batch(auto, 60, True) >= 1
     assert set(auto.chosen) == {"64", "64/block"}
     assert rows_per_batch(7, 1000) == 7
+
+
+def test_device_and_dtype_defaults(monkeypatch):
+    from megaproc.eval import model_loading
+    from megaproc.eval.model_loading import ModelLoadError, resolve_device, resolve_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(model_loading.torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None, 0) == cpu and resolve_dtype(None, cpu) == torch.float32
+    assert resolve_dtype("float16", cpu) == torch.float16
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        resolve_device("cuda", 0)
+    # A CUDA machine with two GPUs (faked): the launcher's local rank picks the GPU.
+    monkeypatch.setattr(model_loading.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(model_loading.torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(None, 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)
+    with pytest.raises(ModelLoadError, match="no CUDA device 5 .this machine has 2"):
+        resolve_device("cuda:5", 0)
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(model_loading.torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype(None, gpu) == torch.bfloat16
+    monkeypatch.setattr(model_loading.torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype(None, gpu) == torch.float16
+    assert resolve_dtype("float32", gpu) == torch.float32
+
+
+def test_auto_batch_size_on_cuda_probes_and_halves(model, monkeypatch):
+    """The CUDA path, with the probe faked: it starts at 256 rows, halves on OOM, probes a
+    block-masked batch when the plan packs, and remembers each answer."""
+    auto = AutoBatchSize(ModelForward(model), "cpu")
+    auto.device = torch.device("cuda", 0)  # only the probe would touch the GPU: faked below
+    probes = []
+
+    def probe(rows, tokens, block_mask):
+        probes.append((rows, tokens, block_mask))
+        if rows * tokens > 40 * 128:
+            raise torch.OutOfMemoryError("fake")
+
+    monkeypatch.setattr(auto, "_probe", probe)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert auto(100, True) == 32
+    assert probes == [(256, 128, True), (128, 128, True), (64, 128, True), (32, 128, True)]
+    assert auto(90, True) == 32 and len(probes) == 4  # remembered
+    assert auto(20, False) == 128  # 32 tokens: 160 rows would fit, the first try (256) does not
