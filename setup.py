@@ -28,6 +28,7 @@ setup(
         "pyarrow",
         "psutil",
         "xxhash",  # checkpoint manifests (megaproc/checkpoint/manifest.py)
+        "pyzipper",  # EWoK archives: ZipCrypto and WinZip-AES encrypted zips
     ],
     extras_require={
         "logging": ["tensorboard", "wandb", "matplotlib"],

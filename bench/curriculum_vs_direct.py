@@ -131,10 +131,10 @@ def accuracy_by_lookahead(run_dir: Path, split: Path, out: Path) -> dict:
                               env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
         if proc.returncode != 0:
             raise SystemExit(f"error: evaluating {run_dir} failed: {proc.stderr.strip()[-500:]}")
-        metrics = json.loads(proc.stdout)
-        result[str(lookahead)] = {"accuracy": round(metrics["accuracy"], 4),
+        metrics = json.loads(proc.stdout)["split"]
+        result[str(lookahead)] = {"accuracy": round(metrics["heldout_acc"], 4),
                                   "num_examples": metrics["num_examples"]}
-        correct += metrics["accuracy"] * metrics["num_examples"]
+        correct += metrics["heldout_acc"] * metrics["num_examples"]
         total += metrics["num_examples"]
     result["all"] = {"accuracy": round(correct / max(total, 1), 4), "num_examples": total}
     return result

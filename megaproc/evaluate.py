@@ -1,49 +1,43 @@
-"""Final evaluation of a trained model; prints one JSON object.
+"""Final evaluation of a model: a loop over the evaluators asked for; prints one JSON object.
 
     python -m megaproc.evaluate --checkpoint RUN_DIR/checkpoints/step_XXXXXXXX --split SPLIT/test.jsonl
     python -m megaproc.evaluate --model HF_DIR --split SPLIT/test.jsonl [--max-examples N]
     python -m megaproc.evaluate --checkpoint latest:RUN_DIR --prefix DATA/valid_text_document
     python -m megaproc.evaluate --model HF_DIR --hf-dataset C4_VALID_DIR [--text-key text]
     python -m megaproc.evaluate --model HF_DIR --hellaswag hellaswag_val.jsonl --ewok ewok.zip \\
-        --dm-math DM_MATH_DIR --items-out items.jsonl
+        --dm-math DM_MATH_DIR --items-out items.jsonl [--device cuda --dtype bfloat16]
+    torchrun --nproc_per_node 8 -m megaproc.evaluate --checkpoint latest:RUN --hellaswag H.jsonl
 
-``--checkpoint`` takes a megaproc checkpoint (any ZeRO stage), a run directory or
-``latest:RUN_DIR``; ``--model`` an exported HuggingFace directory.  Every option adds to the
-one JSON object printed on stdout:
+``--checkpoint`` takes a megaproc checkpoint (any ZeRO stage, consolidated in memory), a run
+directory or ``latest:RUN_DIR``; ``--model`` an exported HuggingFace directory.  Every option
+adds one evaluator (:mod:`megaproc.eval.evaluator`) and one section to the JSON object, named as
+the evaluator and holding its metrics under the names ``logs/eval.jsonl`` uses:
 
-``--split S.jsonl`` (a split of ``data_tools.build_splits``)
-    top-level ``accuracy`` (greedy full-word answer equals one of ``output_texts``; see
-    :mod:`megaproc.eval.answer_correctness`), ``answer_loss`` (mean cross entropy per answer
-    token of ``output_texts[0]``), ``num_examples`` and ``num_dropped`` (longer than the
-    model's context).
-``--prefix P`` (an indexed ``.bin/.idx`` pair)
-    top-level ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens`` over
-    ``--max-batches`` batches of ``--seq-len`` tokens (:mod:`megaproc.eval.lm`).
-``--hf-dataset DIR`` (``datasets.Dataset(Dict).save_to_disk``)
-    ``"hf_dataset": {val_loss, val_ppl, val_token_acc, num_tokens}`` on the first documents of
-    ``--hf-split`` (default: validation, else test, else the only split): ``--text-key``
-    texts are tokenized with EOS after each document, or an ``input_ids`` column is used as
-    it is; the token stream is cut into windows of ``--seq-len + 1`` tokens.
-``--hellaswag FILE.jsonl``
-    ``"hellaswag": {acc, acc_norm, num_examples}`` (:mod:`megaproc.eval.hellaswag`, exactly
-    lm-eval's ``hellaswag`` task).
-``--ewok [DIR_OR_ZIP]``
-    ``"ewok": {num_items, sum: {accuracy, accuracy_t1, accuracy_t2, by_domain}, mean: {...}}``
-    (:mod:`megaproc.eval.ewok`); without a path the source is ``$EWOK_SRC``; an encrypted zip
-    needs ``$EWOK_ZIP_PASSWORD``.
-``--dm-math DIR_OR_JSONL``
-    ``"deepmind_math": {accuracy, num_examples, by_module, by_split}`` - greedy exact match
-    (:mod:`megaproc.eval.exact_match`) on ``data_tools.deepmind_math`` output
-    (``interpolate.jsonl``/``extrapolate.jsonl`` in DIR, or one jsonl file) or on the raw
-    ``mathematics_dataset-v1.0`` directory.
+``--split S.jsonl``      ``"split": {path, heldout_acc, heldout_loss, num_examples, num_dropped,
+                         by_lookahead}`` (:mod:`megaproc.eval.task_accuracy`)
+``--prefix P``           ``"prefix": {path, seq_len, val_loss, val_ppl, val_token_acc, num_tokens}``
+``--hf-dataset DIR``     ``"hf_dataset": {path, split, column, seq_len, val_loss, ...}``
+                         (:mod:`megaproc.eval.lm_windows`; ``--max-batches 0``: the whole split)
+``--hellaswag F.jsonl``  ``"hellaswag": {path, hellaswag_acc, hellaswag_acc_norm,
+                         hellaswag_num_examples}`` (exactly lm-eval's ``hellaswag`` task)
+``--ewok [DIR_OR_ZIP]``  ``"ewok": {source, ewok_sum_accuracy, ..., ewok_domain}``; no path:
+                         ``$EWOK_SRC``, else ``data/eval/ewok_fast_jsonl.zip`` / ``ewok_fast/``
+``--dm-math DIR``        ``"dm_math": {path, dm_math_acc, dm_math_num_examples,
+                         dm_math_by_split, dm_math_by_module}`` (greedy exact match)
 
-``--items-out FILE.jsonl`` writes one row per HellaSwag item (the choices' log-likelihoods),
-EWoK item (the four log-probabilities and the verdicts) and DeepMind-Math example (the decoded
-answer), each with a ``task`` key.  ``--max-examples N`` keeps the first N examples of every
-task (DeepMind Mathematics: of every split/module).  Log-likelihood tasks put no BOS before the
-context unless ``--add-bos``.  A progress bar goes to stderr (``--no-progress`` turns it off).
-Bad input ends with a one-line ``error: ...`` and exit code 2; nothing is evaluated until every
-input file has been read and checked.
+plus ``"model"`` or ``"checkpoint"`` and ``"run": {device, dtype, world_size, batch_size}``.
+``--items-out FILE.jsonl`` writes the per-item rows (each with a ``task`` key) of the split,
+HellaSwag, EWoK and DeepMind-Math evaluators.
+
+Devices and ranks: ``--device`` (default CUDA when available, else CPU) and ``--dtype`` (default
+bfloat16 on CUDA, float32 on CPU).  Under ``torchrun --nproc_per_node N`` or ``deepspeed
+--num_gpus N`` the batches of every task are shared over the ranks and gathered (the same
+numbers as one process); rank 0 prints the JSON and writes ``--items-out``.  ``--batch-size
+auto`` picks the largest batch that fits (:mod:`megaproc.eval.batch_size`).
+
+Bad input - a missing or malformed file (file and line), a wrong EWoK password, a checkpoint of
+another architecture, a device that is not there - is one ``error: ...`` line and exit code 2,
+before the model loads; progress bars go to stderr (``--no-progress`` turns them off).
 """
 
 from __future__ import annotations
@@ -51,15 +45,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
+import torch.distributed as dist
 
-from megaproc.errors import UserError
+from megaproc import distributed as dist_utils
+from megaproc.errors import UserError, one_line, run_cli
+from megaproc.eval.batch_size import AutoBatchSize
+from megaproc.eval.evaluator import EvalContext, Evaluator
+from megaproc.eval.ewok import EwokEvaluator
+from megaproc.eval.exact_match import DmMathEvaluator
+from megaproc.eval.forward import ModelForward, context_length
+from megaproc.eval.hellaswag import HellaswagEvaluator
+from megaproc.eval.lm_windows import HFDatasetEvaluator, PrefixEvaluator
+from megaproc.eval.model_loading import (check_model_source, dtype_name, load_eval_model,
+                                         load_eval_tokenizer, resolve_device, resolve_dtype)
+from megaproc.eval.task_accuracy import SplitEvaluator
+from megaproc.files import atomic_output
+from megaproc.tokenizer import pad_id
 
 USAGE_ERROR = 2
+ROW_EVALUATORS = ("split", "hellaswag", "ewok", "dm_math")
+T = TypeVar("T")
 
 
 class EvaluateError(UserError, ValueError):
@@ -71,6 +82,18 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse hook
         self.exit(USAGE_ERROR, f"error: {message}\n")
+
+
+def _batch_size(value: str):
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+    if size <= 0:
+        raise argparse.ArgumentTypeError("must be > 0 (or auto)")
+    return size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,189 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hellaswag", help="HellaSwag .jsonl (ind, activity_label, ctx_a, ctx_b, "
                                             "ctx, endings, label)")
     parser.add_argument("--ewok", nargs="?", const="", default=None, metavar="DIR_OR_ZIP",
-                        help="EWoK jsonl directory or .zip (no value: $EWOK_SRC)")
+                        help="EWoK jsonl directory or .zip (no value: $EWOK_SRC, else "
+                             "data/eval/ewok_fast_jsonl.zip or data/eval/ewok_fast/)")
     parser.add_argument("--dm-math", help="DeepMind-Math prompt/answer jsonl, converted directory "
                                           "or raw mathematics_dataset-v1.0 directory")
-    parser.add_argument("--items-out", help="write per-item rows of hellaswag/ewok/dm-math here")
+    parser.add_argument("--items-out", help="write the per-item rows of split/hellaswag/ewok/"
+                                            "dm-math here")
     parser.add_argument("--add-bos", action="store_true",
                         help="put BOS before HellaSwag/EWoK contexts (default: none, as lm-eval)")
     parser.add_argument("--seq-len", type=int, default=0,
-                        help="context for --prefix/--hf-dataset samples and the split length limit "
-                             "(default: the model's maximum)")
+                        help="window of --prefix/--hf-dataset samples and the split length limit "
+                             "(default: the model's context)")
     parser.add_argument("--max-batches", type=int, default=20,
-                        help="--prefix/--hf-dataset batches (default 20)")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward (default 16)")
+                        help="--prefix/--hf-dataset batches (default 20; 0 = the whole split)")
+    parser.add_argument("--batch-size", type=_batch_size, default=16,
+                        help="rows per forward, or auto: the largest that fits (default 16)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when "
+                                         "available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="parameter dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the model's own)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    # The deepspeed launcher passes --local_rank=N to every rank; LOCAL_RANK is read instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
     return parser
 
 
-def load_model_and_tokenizer(args):
-    """The model (CPU, eval mode) and tokenizer named by the arguments."""
-    if args.checkpoint:
-        from megaproc.checkpoint import (load_checkpoint_model, load_checkpoint_tokenizer,
-                                         resolve_checkpoint_ref)
-
-        path = resolve_checkpoint_ref(args.checkpoint)
-        model, tokenizer = load_checkpoint_model(path), load_checkpoint_tokenizer(path)
-        where = str(path)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        path = Path(args.model)
-        if not (path / "config.json").is_file():
-            raise EvaluateError(f"--model {path}: not a HuggingFace model directory (no config.json)")
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
-        tokenizer = None if args.tokenizer else _load_tokenizer_or_none(path)
-        where = str(path)
-    if args.tokenizer:
-        from megaproc.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
-    if tokenizer is None:
-        raise EvaluateError(f"{where} has no tokenizer; pass --tokenizer DIR")
-    return model, tokenizer, where
-
-
-def _load_tokenizer_or_none(path: Path):
-    from megaproc.tokenizer import load_tokenizer
-
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    return load_tokenizer(path)
-
-
-def evaluate_split(model, tokenizer, path: str, records: list[dict], max_tokens: int,
-                   batch_size: int) -> dict:
-    """Accuracy and answer loss on split records (see :mod:`megaproc.eval.task_accuracy`)."""
-    from megaproc.eval.loglik import hf_logits_fn
-    from megaproc.eval.task_accuracy import HeldoutEvaluator
-
-    evaluator = HeldoutEvaluator(records, tokenizer, max_tokens, batch_size=batch_size)
-    result = evaluator.run(hf_logits_fn(model))
-    return {"split": str(path), "accuracy": result["heldout_acc"],
-            "answer_loss": result["heldout_loss"], "num_examples": result["num_examples"],
-            "num_dropped": result["num_dropped"]}
-
-
-def _lm_metrics_of_samples(model, tokenizer, samples, seq_len: int, batch_size: int) -> dict:
-    from megaproc.data.batch import collate
-    from megaproc.eval.lm import lm_metrics
-    from megaproc.eval.loglik import hf_logits_fn
-    from megaproc.tokenizer import pad_id
-
-    batches = (collate(samples[start:start + batch_size], pad_id(tokenizer), pad_to=seq_len + 1)
-               for start in range(0, len(samples), batch_size))
-    return lm_metrics(hf_logits_fn(model), batches, reduce=False)
-
-
-def evaluate_prefix(model, tokenizer, prefix: str, seq_len: int, max_batches: int,
-                    batch_size: int) -> dict:
-    """Validation loss, perplexity and token accuracy on the first samples of an indexed prefix."""
-    from megaproc.data.build import open_indexed
-    from megaproc.data.gpt_dataset import GPTDataset
-
-    dataset = GPTDataset(open_indexed(prefix, "--prefix"), seq_len, None, seed=0, name="valid")
-    count = min(len(dataset), max_batches * batch_size)
-    if count == 0:
-        raise EvaluateError(f"--prefix {prefix}: no samples of {seq_len + 1} tokens")
-    samples = [dataset[i] for i in range(count)]
-    return {"prefix": str(prefix),
-            **_lm_metrics_of_samples(model, tokenizer, samples, seq_len, batch_size)}
-
-
-def open_hf_dataset(path: str, split: str | None, text_key: str):
-    """The ``datasets.Dataset`` to evaluate and the column used (``text_key`` or input_ids)."""
-    from datasets import DatasetDict, load_from_disk
-
-    if not Path(path).is_dir():
-        raise EvaluateError(f"--hf-dataset {path}: directory not found")
-    try:
-        dataset = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise EvaluateError(f"--hf-dataset {path}: not a dataset saved with save_to_disk "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if isinstance(dataset, DatasetDict):
-        names = list(dataset.keys())
-        if split is None:
-            split = next((s for s in ("validation", "test") if s in dataset),
-                         names[0] if len(names) == 1 else None)
-        if split not in dataset:
-            raise EvaluateError(f"--hf-dataset {path}: choose a split with --hf-split "
-                                f"({', '.join(names)})")
-        dataset = dataset[split]
-    elif split is not None:
-        raise EvaluateError(f"--hf-dataset {path}: a single dataset has no splits (--hf-split)")
-    if text_key in dataset.column_names:
-        return dataset, text_key
-    if "input_ids" in dataset.column_names:
-        return dataset, "input_ids"
-    raise EvaluateError(f"--hf-dataset {path}: no {text_key!r} or 'input_ids' column (columns: "
-                        f"{', '.join(dataset.column_names)})")
-
-
-def evaluate_hf_dataset(model, tokenizer, dataset, column: str, seq_len: int, max_batches: int,
-                        batch_size: int) -> dict:
-    """LM metrics on windows of ``seq_len + 1`` tokens cut from the dataset's first documents
-    (consecutive windows share one token, as the indexed samples do)."""
-    count = max_batches * batch_size
-    needed = count * seq_len + 1
-    stream: list[int] = []
-    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    for start in range(0, len(dataset), 256):
-        rows = dataset[start:start + 256][column]
-        if column == "input_ids":  # already tokenized (e.g. grouped blocks): used as they are
-            pieces = [list(map(int, row)) for row in rows]
-        else:
-            pieces = [ids + eos for ids in tokenizer([r or "" for r in rows],
-                                                      add_special_tokens=False)["input_ids"]]
-        for piece in pieces:
-            stream.extend(piece)
-        if len(stream) >= needed:
-            break
-    windows = min(count, (len(stream) - 1) // seq_len)
-    if windows <= 0:
-        raise EvaluateError(f"--hf-dataset: fewer than {seq_len + 1} tokens in the dataset")
-    samples = [{"tokens": stream[k * seq_len:k * seq_len + seq_len + 1]} for k in range(windows)]
-    return _lm_metrics_of_samples(model, tokenizer, samples, seq_len, batch_size)
-
-
-def _read_inputs(args) -> dict:
-    """Read and check every input file before the (slow) model load."""
-    inputs = {}
-    if args.split:
-        from megaproc.eval.task_accuracy import load_eval_records
-
-        if not Path(args.split).is_file():
-            raise EvaluateError(f"--split {args.split}: file not found")
-        inputs["split"] = load_eval_records(args.split, args.max_examples)
-        if not inputs["split"]:
-            raise EvaluateError(f"--split {args.split}: no examples")
-    if args.prefix:
-        from megaproc.data.indexed import IndexedDataset
-
-        if not IndexedDataset.exists(args.prefix):
-            raise EvaluateError(f"--prefix {args.prefix}: indexed data not found "
-                                f"(expected {args.prefix}.bin and {args.prefix}.idx)")
-    if args.hf_dataset:
-        inputs["hf_dataset"] = open_hf_dataset(args.hf_dataset, args.hf_split, args.text_key)
-    if args.hellaswag:
-        from megaproc.eval.hellaswag import load_hellaswag
-
-        inputs["hellaswag"] = load_hellaswag(args.hellaswag, args.max_examples)
-    if args.ewok is not None:
-        from megaproc.eval.ewok import load_ewok
-
-        inputs["ewok"] = load_ewok(args.ewok or None, max_items=args.max_examples)
-    if args.dm_math:
-        from megaproc.eval.exact_match import load_examples
-
-        inputs["dm_math"] = load_examples(args.dm_math, args.max_examples)
-    return inputs
-
-
-def run(args) -> dict:
-    """Evaluate as the arguments say; returns the JSON result (and writes ``--items-out``)."""
+def check_args(args) -> None:
+    """Refuse option combinations that cannot work (before anything is read)."""
     if not any((args.split, args.prefix, args.hf_dataset, args.hellaswag, args.dm_math)) \
             and args.ewok is None:
         raise EvaluateError("nothing to evaluate: pass --split, --prefix, --hf-dataset, "
@@ -286,76 +155,118 @@ def run(args) -> dict:
     for name in ("max_examples", "seq_len", "max_batches"):
         if getattr(args, name) < 0:
             raise EvaluateError(f"--{name.replace('_', '-')} must be >= 0")
-    if args.batch_size <= 0:
-        raise EvaluateError("--batch-size must be > 0")
-    if args.items_out and not (args.hellaswag or args.dm_math or args.ewok is not None):
-        raise EvaluateError("--items-out needs --hellaswag, --ewok or --dm-math")
+    if args.items_out and not (args.split or args.hellaswag or args.dm_math
+                               or args.ewok is not None):
+        raise EvaluateError("--items-out needs --split, --hellaswag, --ewok or --dm-math")
     if args.items_out and Path(args.items_out).is_dir():
         raise EvaluateError(f"--items-out {args.items_out} is a directory")
-    inputs = _read_inputs(args)
-    model, tokenizer, where = load_model_and_tokenizer(args)
-    from megaproc.eval.loglik import LoglikScorer, context_length, hf_logits_fn
 
-    context = context_length(model)
-    seq_len = min(args.seq_len or context, context)
-    progress = not args.no_progress
-    logits_fn = hf_logits_fn(model)
-    result = {"checkpoint" if args.checkpoint else "model": where}
-    items: list[dict] = []
-    if "split" in inputs:
-        result.update(evaluate_split(model, tokenizer, args.split, inputs["split"], seq_len,
-                                     args.batch_size))
+
+def build_evaluators(args) -> list[Evaluator]:
+    """One evaluator per option, each reading and checking its inputs now."""
+    evaluators: list[Evaluator] = []
+    if args.split:
+        evaluators.append(SplitEvaluator.from_file(args.split, args.max_examples, args.seq_len))
     if args.prefix:
-        result.update(evaluate_prefix(model, tokenizer, args.prefix, seq_len - 1, args.max_batches,
-                                      args.batch_size))
-    if "hf_dataset" in inputs:
-        dataset, column = inputs["hf_dataset"]
-        result["hf_dataset"] = {"path": str(args.hf_dataset), "column": column,
-                                **evaluate_hf_dataset(model, tokenizer, dataset, column,
-                                                      seq_len - 1, args.max_batches,
-                                                      args.batch_size)}
-    scorer = LoglikScorer(tokenizer, context, args.batch_size, add_bos=args.add_bos,
-                          progress=progress)
-    if "hellaswag" in inputs:
-        from megaproc.eval.hellaswag import evaluate_hellaswag
+        evaluators.append(PrefixEvaluator(args.prefix, args.seq_len, args.max_batches))
+    if args.hf_dataset:
+        evaluators.append(HFDatasetEvaluator(args.hf_dataset, args.hf_split, args.text_key,
+                                             args.seq_len, args.max_batches))
+    if args.hellaswag:
+        evaluators.append(HellaswagEvaluator.from_file(args.hellaswag, args.max_examples,
+                                                       args.add_bos))
+    if args.ewok is not None:
+        evaluators.append(EwokEvaluator.from_source(args.ewok or None, args.max_examples,
+                                                    args.add_bos))
+    if args.dm_math:
+        evaluators.append(DmMathEvaluator.from_path(args.dm_math, args.max_examples))
+    return evaluators
 
-        result["hellaswag"], rows = evaluate_hellaswag(scorer, logits_fn, inputs["hellaswag"])
-        items += rows
-    if "ewok" in inputs:
-        from megaproc.eval.ewok import evaluate_ewok
 
-        result["ewok"], rows = evaluate_ewok(scorer, logits_fn, inputs["ewok"])
-        items += rows
-    if "dm_math" in inputs:
-        from megaproc.eval.exact_match import ExactMatchEvaluator
+def on_every_rank(step: Callable[[], T], world_size: int) -> T:
+    """Run ``step`` on every rank; when it fails with a user error on any rank, every rank
+    raises it (one rank alone must not leave the others waiting in a collective)."""
+    error = None
+    try:
+        value = step()
+    except UserError as exc:
+        error = exc
+    if world_size > 1:
+        messages = dist_utils.all_gather_objects(None if error is None else one_line(error))
+        failed = next(((r, m) for r, m in enumerate(messages) if m), None)
+        if failed is not None and error is None:
+            raise EvaluateError(f"rank {failed[0]}: {failed[1]}")
+    if error is not None:
+        raise error
+    return value
 
-        evaluator = ExactMatchEvaluator(tokenizer, context, args.batch_size, progress=progress)
-        result["deepmind_math"], rows = evaluator.run(logits_fn, inputs["dm_math"])
-        items += rows
+
+def write_items(path: str, rows: list[dict]) -> None:
+    """The per-item rows as JSON lines, written atomically (temp file, then rename)."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def run(args) -> dict:
+    """Evaluate as the arguments say; the JSON result (every rank) and ``--items-out``
+    (rank 0)."""
+    rank, world_size = dist_utils.rank(), dist_utils.world_size()
+    check_args(args)
+    device = resolve_device(args.device, dist_utils.local_rank())
+    dtype = resolve_dtype(args.dtype, device)
+    evaluators = on_every_rank(lambda: build_evaluators(args), world_size)
+    path, _ = on_every_rank(lambda: check_model_source(args.checkpoint, args.model), world_size)
+    tokenizer = on_every_rank(lambda: load_eval_tokenizer(path, bool(args.checkpoint),
+                                                          args.tokenizer), world_size)
+    model = on_every_rank(lambda: load_eval_model(path, bool(args.checkpoint), device, dtype),
+                          world_size)
+    forward = ModelForward(model)
+    auto = AutoBatchSize(forward, device, world_size, pad_id(tokenizer)) \
+        if args.batch_size == "auto" else None
+    ctx = EvalContext(forward, tokenizer, context_length(model), auto or args.batch_size,
+                      device, rank, world_size, progress=not args.no_progress)
+    result: dict = {"checkpoint" if args.checkpoint else "model": str(path)}
+    items: list[dict] = []
+    for evaluator in evaluators:
+        evaluated = evaluator.run(ctx)
+        result[evaluator.name] = evaluated.section()
+        items += evaluated.rows
+    result["run"] = {"device": str(device), "dtype": dtype_name(dtype), "world_size": world_size,
+                     "batch_size": {"auto": dict(auto.chosen)} if auto else args.batch_size}
     if args.items_out:
-        out = Path(args.items_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as handle:
-            for row in items:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        result["items_out"] = str(out)
+        if rank == 0:
+            write_items(args.items_out, items)
+        result["items_out"] = str(args.items_out)
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: prints the result as JSON; one-line error and exit code 2 on bad input."""
-    args = build_parser().parse_args(argv)
+def _main(args) -> int:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
     try:
-        # Library chatter must not mix with the JSON; no_grad (not a global switch) so that
-        # calling main() in a process leaves autograd as it was.
+        # Library chatter (DeepSpeed's start-up lines included) must not mix with the JSON;
+        # no_grad (not a global switch) so that calling main() leaves autograd as it was.
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+            if launched:
+                dist_utils.init_distributed(args.local_rank)
             result = run(args)
-    except (UserError, ValueError, OSError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return USAGE_ERROR
-    print(json.dumps(result, indent=2))
+        if dist_utils.rank() == 0:
+            print(json.dumps(result, indent=2), flush=True)
+    finally:
+        if launched and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: prints the result as JSON (rank 0); one-line error and exit code 2 on bad
+    input."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return int(exc.code or 0)
+    return run_cli(_main, args, also=(OSError,))
 
 
 if __name__ == "__main__":

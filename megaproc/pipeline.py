@@ -157,8 +157,9 @@ def step_evaluate(name: str, run_dir: Path, split_dir: Path, out: Path) -> dict:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, result_path)
-    say(f"evaluate {name}: test accuracy {result['accuracy']:.4f}, answer loss "
-        f"{result['answer_loss']:.4f} on {result['num_examples']} examples")
+    split = result["split"]
+    say(f"evaluate {name}: test accuracy {split['heldout_acc']:.4f}, answer loss "
+        f"{split['heldout_loss']:.4f} on {split['num_examples']} examples")
     return result
 
 
@@ -206,7 +207,8 @@ def run_pipeline(args) -> dict:
                for name, run_dir in (("pptrain", pptrain_dir), ("pretrain", pretrain_dir))}
     timed("export", step_export, pretrain_dir, out / "export", out)
     summary = {"splits": str(split_dir), "pptrain": curriculum_summary(pptrain_dir),
-               "test": {name: {k: r[k] for k in ("accuracy", "answer_loss", "num_examples")}
+               "test": {name: {k: r["split"][k] for k in ("heldout_acc", "heldout_loss",
+                                                          "num_examples", "by_lookahead")}
                         for name, r in results.items()},
                "export": str(out / "export"), "seconds": times,
                "total_seconds": round(time.time() - start, 1)}
@@ -225,8 +227,8 @@ def _run(args) -> int:
     summary = run_pipeline(args)
     say(f"done in {summary['total_seconds']} s: curriculum reached stage "
         f"{summary['pptrain']['stage']} (completed: {summary['pptrain']['completed']}); "
-        f"test accuracy pptrain {summary['test']['pptrain']['accuracy']:.4f}, "
-        f"pretrain {summary['test']['pretrain']['accuracy']:.4f}; export {summary['export']}")
+        f"test accuracy pptrain {summary['test']['pptrain']['heldout_acc']:.4f}, "
+        f"pretrain {summary['test']['pretrain']['heldout_acc']:.4f}; export {summary['export']}")
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -22,9 +22,11 @@ Batches
 
 Evaluation
     :meth:`ClassifyBatchSource.evaluate` runs a ``logits_fn(input_ids, attention_mask) -> [B]``
-    over a whole split: example ``i`` is on rank ``(i // B) % W``, every rank runs the same number
-    of forwards (the last ones padded with a repeated example that is not counted, as ZeRO-3
-    needs all ranks in every forward), and the sums are all-reduced.
+    over a whole split: batch ``b`` (examples ``bB .. bB + B - 1``) is on rank ``b % W``, every
+    rank runs the same number of forwards of ``B`` rows (rows past the split and a rank's dummy
+    forward repeat example 0, not counted, as ZeRO-3 needs all ranks in every forward), and the
+    batch sums are gathered and added in batch order
+    (:func:`megaproc.eval.sharding.run_in_lockstep`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from megaproc import distributed as dist_utils
 from megaproc.data.batch import rank_sample_indices
 from megaproc.errors import ResumeError
+from megaproc.eval.sharding import run_in_lockstep
 from megaproc.loss import classification_loss
 
 SOURCE_NAME = "boolean"
@@ -180,27 +183,29 @@ class ClassifyBatchSource:
         if split not in SPLITS:
             raise KeyError(f"unknown split {split!r} (valid: {', '.join(SPLITS)})")
         rows = self.examples[split]
-        per_forward = batch_size * self.world_size
-        forwards = math.ceil(len(rows) / per_forward)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss, count, correct
-        for b in range(forwards):
-            start = b * per_forward + self.rank * batch_size
-            indices = list(range(start, start + batch_size))
-            counted = torch.tensor([i < len(rows) for i in indices], device=device)
-            chosen = [rows[i] if i < len(rows) else rows[0] for i in indices]
-            batch = collate_classify([ids for ids, _ in chosen], [y for _, y in chosen],
+        batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+
+        def run(chosen):
+            # Every forward has batch_size rows (the last batch and a rank's dummy forward are
+            # filled with example 0, which is not counted).
+            counted = len(chosen or ())
+            padded = list(chosen or ()) + [rows[0]] * (batch_size - counted)
+            batch = collate_classify([ids for ids, _ in padded], [y for _, y in padded],
                                      self.width, self.pad_id)
             logits = logits_fn(batch["input_ids"].to(device),
-                               batch["attention_mask"].to(device)).reshape(-1)
-            labels = batch["labels"].to(device)
+                               batch["attention_mask"].to(device)).reshape(-1)[:counted]
+            labels = batch["labels"].to(device)[:counted]
             per_sample, _ = classification_loss(logits, labels)
-            correct = ((logits >= 0).float() == labels) & counted
-            sums += torch.stack([(per_sample.reshape(-1).double() * counted).sum(),
-                                 counted.sum().double(), correct.sum().double()])
-        dist_utils.all_reduce_sum(sums)
-        count = max(sums[1].item(), 1.0)
-        return {"loss": sums[0].item() / count, "accuracy": sums[2].item() / count,
-                "num_examples": int(sums[1].item())}
+            correct = (logits >= 0).float() == labels
+            return (float(per_sample.double().sum()), counted, float(correct.sum()))
+
+        loss_sum = count = correct = 0.0
+        for batch_loss, batch_count, batch_correct in run_in_lockstep(
+                batches, run, self.rank, self.world_size):
+            loss_sum, count, correct = (loss_sum + batch_loss, count + batch_count,
+                                        correct + batch_correct)
+        total = max(count, 1.0)
+        return {"loss": loss_sum / total, "accuracy": correct / total, "num_examples": int(count)}
 
     def evaluate_all(self, logits_fn, batch_size: int, device="cpu") -> dict:
         """``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (test ones skipped when the

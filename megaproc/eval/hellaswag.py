@@ -16,6 +16,11 @@ row, as lm-eval's ``hellaswag/utils.py`` and ``hellaswag.yaml`` define it:
   the delimiter space).  Ties go to the first index, like ``numpy.argmax``.
 
 ``ctx`` is required (it is part of the dataset's schema) but, as in lm-eval, not used.
+
+:class:`HellaswagEvaluator` (name ``hellaswag``) reports ``hellaswag_acc``,
+``hellaswag_acc_norm`` and ``hellaswag_num_examples``; its rows hold every choice's
+log-likelihood.  The four endings of an item share one packed row (context reuse,
+:mod:`megaproc.eval.packing`) whenever the model allows it.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from megaproc.eval.evaluator import EvalContext, EvalResult
 from megaproc.eval.loglik import LogitsFn, LoglikScorer
-from megaproc.eval.rows import json_rows, require_fields
+from megaproc.eval.rows import EvalInputError, json_rows, require_fields
 
 REQUIRED_FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label")
 
@@ -52,10 +58,10 @@ class HellaswagItem:
 def _label(value, count: int, where: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or
                                        (isinstance(value, str) and value.strip().isdigit())):
-        raise ValueError(f"{where}: 'label' must be an integer index of 'endings', got {value!r}")
+        raise EvalInputError(f"{where}: 'label' must be an integer index of 'endings', got {value!r}")
     gold = int(value)
     if not 0 <= gold < count:
-        raise ValueError(f"{where}: 'label' {gold} is out of range for {count} endings")
+        raise EvalInputError(f"{where}: 'label' {gold} is out of range for {count} endings")
     return gold
 
 
@@ -64,15 +70,15 @@ def parse_row(record, where: str, line: int) -> HellaswagItem:
     require_fields(record, where, REQUIRED_FIELDS)
     for key in ("activity_label", "ctx_a", "ctx_b", "ctx"):
         if not isinstance(record[key], str):
-            raise ValueError(f"{where}: {key!r} must be a string")
+            raise EvalInputError(f"{where}: {key!r} must be a string")
     endings = record["endings"]
     if not isinstance(endings, list) or not endings or \
             not all(isinstance(e, str) for e in endings):
-        raise ValueError(f"{where}: 'endings' must be a non-empty list of strings")
+        raise EvalInputError(f"{where}: 'endings' must be a non-empty list of strings")
     choices = tuple(preprocess(e) for e in endings)
     for k, choice in enumerate(choices):
         if not choice:
-            raise ValueError(f"{where}: ending {k} is empty after preprocessing")
+            raise EvalInputError(f"{where}: ending {k} is empty after preprocessing")
     query = preprocess(record["activity_label"] + ": " + record["ctx_a"] + " "
                        + record["ctx_b"].capitalize())
     return HellaswagItem(record["ind"], query, choices,
@@ -82,11 +88,12 @@ def parse_row(record, where: str, line: int) -> HellaswagItem:
 def load_hellaswag(path: str | Path, max_examples: int = 0) -> list[HellaswagItem]:
     """Items of a HellaSwag jsonl file (first ``max_examples`` when > 0).
 
-    A malformed row raises ``ValueError`` naming the file and line number.
+    A malformed row raises :class:`~megaproc.eval.rows.EvalInputError` naming the file and
+    line number.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"HellaSwag file not found: {path}")
+        raise EvalInputError(f"HellaSwag file not found: {path}")
     items = []
     with open(path, encoding="utf-8") as handle:
         for line_no, where, record in json_rows(handle, str(path)):
@@ -94,7 +101,7 @@ def load_hellaswag(path: str | Path, max_examples: int = 0) -> list[HellaswagIte
             if max_examples and len(items) >= max_examples:
                 break
     if not items:
-        raise ValueError(f"{path}: no HellaSwag rows")
+        raise EvalInputError(f"{path}: no HellaSwag rows")
     return items
 
 
@@ -132,6 +139,36 @@ def requests(items: list[HellaswagItem]) -> list[tuple[str, str]]:
 
 def evaluate_hellaswag(scorer: LoglikScorer, logits_fn: LogitsFn, items: list[HellaswagItem],
                        rank: int = 0, world_size: int = 1) -> tuple[dict, list[dict]]:
-    """Score ``items``; returns the summary and per-item rows (on every rank when sharded)."""
+    """Score ``items``; returns ``{"acc", "acc_norm", "num_examples"}`` (lm-eval's names, the
+    shape the benchmark hook reads until it runs :class:`HellaswagEvaluator`) and per-item rows
+    (on every rank when sharded)."""
     results = scorer.score_pairs(logits_fn, requests(items), rank, world_size, desc="hellaswag")
     return score_items(items, [r.logprob for r in results])
+
+
+class HellaswagEvaluator:
+    """HellaSwag ``acc``/``acc_norm`` of a model on checked items (see the module docstring)."""
+
+    name = "hellaswag"
+
+    def __init__(self, items: list[HellaswagItem], path: str | None = None,
+                 add_bos: bool = False):
+        self.items = list(items)
+        self.path = path
+        self.add_bos = bool(add_bos)
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_examples: int = 0,
+                  add_bos: bool = False) -> "HellaswagEvaluator":
+        """Read and check the file now (see :func:`load_hellaswag`)."""
+        return cls(load_hellaswag(path, max_examples), str(path), add_bos)
+
+    def run(self, ctx: EvalContext) -> EvalResult:
+        """Score every item (collective over ``ctx``'s ranks)."""
+        scorer = LoglikScorer(ctx.tokenizer, ctx.max_length, ctx.batch_size, self.add_bos,
+                              ctx.device, ctx.progress)
+        summary, rows = evaluate_hellaswag(scorer, ctx.forward, self.items, ctx.rank,
+                                           ctx.world_size)
+        metrics = {"hellaswag_acc": summary["acc"], "hellaswag_acc_norm": summary["acc_norm"],
+                   "hellaswag_num_examples": summary["num_examples"]}
+        return EvalResult(metrics, rows, {"path": self.path} if self.path else {})

@@ -1,7 +1,8 @@
 """Language-model metrics: cross entropy, perplexity and token accuracy over batches.
 
-One accumulator serves the validation hook (sharded over ranks, all-reduced) and
-``python -m megaproc.evaluate --prefix`` (one process).
+:class:`LMMetrics` accumulates the validation hook's sums (sharded over ranks, all-reduced);
+:func:`lm_summary` turns ``[loss_sum, tokens, correct]`` into the published names for it and
+for the ``prefix`` / ``hf_dataset`` evaluators (:mod:`megaproc.eval.lm_windows`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ class LMMetrics:
         sums = self.sums.clone()
         if reduce:
             dist_utils.all_reduce_sum(sums)
-        loss_sum, tokens, correct = sums.cpu().tolist()
-        if tokens == 0:
-            return {f"{prefix}_loss": None, f"{prefix}_ppl": None, f"{prefix}_token_acc": None,
-                    "num_tokens": 0}
-        loss = loss_sum / tokens
-        return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, PPL_CAP)),
-                f"{prefix}_token_acc": correct / tokens, "num_tokens": int(tokens)}
+        return lm_summary(sums.cpu().tolist(), prefix)
+
+
+def lm_summary(sums, prefix: str = "val") -> dict:
+    """``{prefix}_loss`` (mean token cross entropy), ``{prefix}_ppl`` (its exp, capped at
+    exp(50)), ``{prefix}_token_acc`` and ``num_tokens`` of ``[loss_sum, tokens, correct]``."""
+    loss_sum, tokens, correct = (float(x) for x in sums)
+    if tokens == 0:
+        return {f"{prefix}_loss": None, f"{prefix}_ppl": None, f"{prefix}_token_acc": None,
+                "num_tokens": 0}
+    loss = loss_sum / tokens
+    return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, PPL_CAP)),
+            f"{prefix}_token_acc": correct / tokens, "num_tokens": int(tokens)}
 
 
 @torch.no_grad()

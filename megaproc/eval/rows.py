@@ -7,10 +7,17 @@ from typing import Iterable, Iterator
 
 import torch
 
+from megaproc.errors import UserError
+
+
+class EvalInputError(UserError, ValueError):
+    """Bad evaluation input (a missing file, a malformed row, a wrong password, ...): one line
+    naming the file and line where there is one.  A ``ValueError`` too, for older callers."""
+
 
 def json_rows(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, object]]:
     """``(line_no, where, record)`` for every non-blank line (``where`` is ``label:line_no``);
-    invalid JSON raises ``ValueError`` naming the line."""
+    invalid JSON raises :class:`EvalInputError` naming the line."""
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -18,17 +25,18 @@ def json_rows(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obje
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+            raise EvalInputError(f"{where}: invalid JSON ({exc.msg})") from None
         yield line_no, where, record
 
 
 def require_fields(record, where: str, fields) -> dict:
-    """``record`` as a dict holding every key of ``fields``, else ``ValueError`` at ``where``."""
+    """``record`` as a dict holding every key of ``fields``, else :class:`EvalInputError` at
+    ``where``."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object")
+        raise EvalInputError(f"{where}: expected a JSON object")
     missing = [key for key in fields if key not in record]
     if missing:
-        raise ValueError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
+        raise EvalInputError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(k) for k in missing)}")
     return record
 

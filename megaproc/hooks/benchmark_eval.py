@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import torch
 from types import SimpleNamespace
 
 from megaproc import distributed as dist_utils
 from megaproc.eval.ewok import evaluate_ewok, load_ewok
 from megaproc.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from megaproc.eval.loglik import LoglikScorer, context_length, hf_logits_fn
-from megaproc.eval.mode import evaluation_mode
+from megaproc.eval.forward import eval_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog, drop_records_after
 
@@ -69,7 +71,7 @@ class BenchmarkEvalHook(Hook):
         self.scorer.device = trainer.device
         logits_fn = hf_logits_fn(engine)
         metrics: dict = {}
-        with evaluation_mode(engine):
+        with eval_mode(engine), torch.no_grad():
             if "hellaswag" in names and self.hellaswag is not None:
                 summary, _ = evaluate_hellaswag(self.scorer, logits_fn, self.hellaswag,
                                                 self.rank, self.world_size)

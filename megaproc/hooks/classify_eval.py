@@ -17,7 +17,7 @@ import torch
 
 from megaproc import distributed as dist_utils
 from megaproc.console_log import get_logger
-from megaproc.eval.mode import evaluation_mode
+from megaproc.eval.forward import eval_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 from megaproc.seed_compat.outputs import (CLASSIFY_EVENT, CLASSIFY_METRIC_KEYS,
@@ -47,7 +47,7 @@ class ClassifyEvalHook(Hook):
     def run(self, trainer) -> dict:
         """Evaluate both splits (collective) and write the record and the per-run files."""
         engine = trainer.engine
-        with evaluation_mode(engine):
+        with eval_mode(engine), torch.no_grad():
             metrics = self.source.evaluate_all(
                 lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
                 self.batch_size, trainer.device)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from megaproc.data.batch import collate, rank_sample_indices
 from megaproc.eval.lm import lm_metrics
-from megaproc.eval.mode import evaluation_mode
+from megaproc.eval.forward import eval_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
 
@@ -54,7 +56,7 @@ class ValidationHook(Hook):
     def run(self, trainer) -> dict:
         """Evaluate with the engine in eval mode (dropout off); write and return the record."""
         engine = trainer.engine
-        with evaluation_mode(engine):
+        with eval_mode(engine), torch.no_grad():
             metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
                                  self.batches(), trainer.device, mask_key=self.mask_key)
         return self.log.write(trainer, metrics)

@@ -43,8 +43,9 @@ def test_answer_only_training_and_exact_match(tmp_path):
                           f"latest:{run_dir}", "--dm-math", str(out), "--no-progress"],
                          cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr[-2000:]
-    result = json.loads(cli.stdout)["deepmind_math"]
-    assert result["num_examples"] == 10  # interpolate + extrapolate
-    assert set(result["by_module"]) == {f"{s}/{m}" for s in ("interpolate", "extrapolate")
-                                        for m in ("algebra__linear_1d", "arithmetic__add_or_sub")}
-    assert 0.0 <= result["accuracy"] <= 1.0
+    result = json.loads(cli.stdout)["dm_math"]
+    assert result["dm_math_num_examples"] == 10  # interpolate + extrapolate
+    assert set(result["dm_math_by_module"]) == {
+        f"{s}/{m}" for s in ("interpolate", "extrapolate")
+        for m in ("algebra__linear_1d", "arithmetic__add_or_sub")}
+    assert 0.0 <= result["dm_math_acc"] <= 1.0

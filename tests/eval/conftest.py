@@ -75,6 +75,16 @@ def make_model(tokenizer, seed: int = 0, n_positions: int = 128):
     return GPT2LMHeadModel(config).eval()
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread per test: the tiny models here are all per-op overhead, and on
+    shared cores two threads per op run up to ten times slower (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The session's tiny tokenizer."""

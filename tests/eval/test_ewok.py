@@ -9,8 +9,10 @@ import subprocess
 import zipfile
 
 import pytest
+import pyzipper
 
-from megaproc.eval.ewok import evaluate_ewok, load_ewok, resolve_source
+from megaproc.eval import ewok as ewok_module
+from megaproc.eval.ewok import DEFAULT_PASSWORD, evaluate_ewok, load_ewok, resolve_source
 from megaproc.eval.loglik import LoglikScorer, hf_logits_fn
 from tests.eval.conftest import EWOK_ROWS, continuation_logprob, write_jsonl
 
@@ -80,13 +82,22 @@ def test_zip_reads_like_the_directory(tmp_path):
     assert not any(tmp_path.glob("ewok_fast"))  # nothing extracted
 
 
-def test_source_order_env_and_seed_layout(tmp_path, monkeypatch):
+def test_source_order_env_repository_copy_and_seed_layout(tmp_path, monkeypatch):
     monkeypatch.delenv("EWOK_SRC", raising=False)
-    with pytest.raises(ValueError, match="no EWoK source.*EWOK_SRC"):
+    repo_zip, repo_dir = tmp_path / "repo" / "ewok_fast_jsonl.zip", tmp_path / "repo" / "ewok_fast"
+    monkeypatch.setattr(ewok_module, "REPOSITORY_SOURCES", (repo_zip, repo_dir))
+    with pytest.raises(ValueError, match="no EWoK source.*EWOK_SRC.*ewok_fast_jsonl.zip"):
         resolve_source(None)
+    # Without a path or $EWOK_SRC: the repository's copy, the zip before the directory.
+    _ewok_dir(repo_dir)
+    assert resolve_source(None) == repo_dir
+    with zipfile.ZipFile(repo_zip, "w") as zf:
+        zf.write(repo_dir / "a_agents.jsonl", "a_agents.jsonl")
+    assert resolve_source(None) == repo_zip and len(load_ewok()) == 2
     source = _ewok_dir(tmp_path / "data")
-    monkeypatch.setenv("EWOK_SRC", str(source))
+    monkeypatch.setenv("EWOK_SRC", str(source))  # $EWOK_SRC comes first
     assert resolve_source(None) == source and len(load_ewok()) == 5
+    assert resolve_source(repo_dir) == repo_dir  # and an explicit path before both
     # A directory without jsonl files of its own: the seed's zip first, then ewok_fast/.
     checkout = tmp_path / "moonshotGPT"
     shutil.copytree(source, checkout / "ewok_fast")
@@ -105,34 +116,71 @@ def test_source_order_env_and_seed_layout(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("zip") is None,
                     reason="needs the `zip` command (apt-get install -y zip) to write a "
                            "ZipCrypto archive; Python's zipfile cannot encrypt")
-def test_encrypted_zip_password_from_the_environment(tmp_path, monkeypatch):
+def test_zipcrypto_password_from_the_environment_else_the_seed_default(tmp_path, monkeypatch):
     source = _ewok_dir(tmp_path / "ewok")
     archive = tmp_path / "ewok_fast_jsonl.zip"
-    subprocess.run(["zip", "-q", "-j", "-P", "ew-secret", str(archive),
-                    *sorted(str(p) for p in source.glob("*.jsonl"))], check=True)
+    files = sorted(str(p) for p in source.glob("*.jsonl"))
+    subprocess.run(["zip", "-q", "-j", "-P", "ew-secret", str(archive), *files], check=True)
     monkeypatch.setenv("EWOK_ZIP_PASSWORD", "ew-secret")
     assert [i.fields for i in load_ewok(archive)] == [i.fields for i in load_ewok(source)]
     monkeypatch.setenv("EWOK_ZIP_PASSWORD", "wrong")
-    with pytest.raises(ValueError, match=r"ewok_fast_jsonl.zip:a_agents.jsonl: wrong zip password"):
+    with pytest.raises(ValueError, match=r"ewok_fast_jsonl.zip:a_agents.jsonl: wrong zip "
+                                         r"password \(EWOK_ZIP_PASSWORD\)$"):
         load_ewok(archive)
     monkeypatch.delenv("EWOK_ZIP_PASSWORD")
-    with pytest.raises(ValueError, match="encrypted zip member; set EWOK_ZIP_PASSWORD"):
+    with pytest.raises(ValueError, match="wrong zip password .EWOK_ZIP_PASSWORD is unset, tried "
+                                         "the default 'ew2026'"):
         load_ewok(archive)
+    # The seed's archive is encrypted with its default password: no variable needed.
+    seed_archive = tmp_path / "seed" / "ewok_fast_jsonl.zip"
+    seed_archive.parent.mkdir()
+    subprocess.run(["zip", "-q", "-j", "-P", DEFAULT_PASSWORD, str(seed_archive), *files],
+                   check=True)
+    assert [i.fields for i in load_ewok(seed_archive)] == [i.fields for i in load_ewok(source)]
 
 
-def test_aes_members_are_reported_not_misread(tmp_path):
-    archive = tmp_path / "aes.zip"
+def _aes_zip(path, source, password: str):
+    """A WinZip-AES (AES-256) archive of ``source``'s jsonl files, written by pyzipper."""
+    with pyzipper.AESZipFile(path, "w", compression=pyzipper.ZIP_DEFLATED,
+                             encryption=pyzipper.WZ_AES) as zf:
+        zf.setpassword(password.encode())
+        for file in sorted(source.glob("*.jsonl")):
+            zf.write(file, f"ewok_fast/{file.name}")
+    return path
+
+
+def test_aes_encrypted_zip_is_read(tmp_path, monkeypatch):
+    source = _ewok_dir(tmp_path / "ewok")
+    archive = _aes_zip(tmp_path / "aes.zip", source, "aes-secret")
+    with pyzipper.AESZipFile(archive) as zf:  # really AES: the WinZip AES extra field is there
+        assert all(i.flag_bits & 1 and b"\x01\x99" in i.extra for i in zf.infolist())
+    monkeypatch.setenv("EWOK_ZIP_PASSWORD", "aes-secret")
+    assert [i.fields for i in load_ewok(archive)] == [i.fields for i in load_ewok(source)]
+    assert [i.fields for i in load_ewok(archive, password="aes-secret")] == \
+        [i.fields for i in load_ewok(source)]
+    with pytest.raises(ValueError, match=r"aes.zip:ewok_fast/a_agents.jsonl: wrong zip password "
+                                         r"\(the password given\)$"):
+        load_ewok(archive, password="nope")
+    monkeypatch.delenv("EWOK_ZIP_PASSWORD")
+    with pytest.raises(ValueError, match="wrong zip password .EWOK_ZIP_PASSWORD is unset"):
+        load_ewok(archive)
+    seed = _aes_zip(tmp_path / "seed.zip", source, DEFAULT_PASSWORD)
+    assert len(load_ewok(seed)) == 5  # the seed's default password, nothing set
+
+
+def test_strong_encryption_is_reported_not_misread(tmp_path):
+    archive = tmp_path / "strong.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("items.jsonl", "{}\n")
     data = bytearray(archive.read_bytes())
-    # Mark the member as WinZip-AES: compression method 99 and the encryption flag, in both the
-    # local header (PK\3\4: flags at +6, method at +8) and the central directory (PK\1\2: +8, +10).
+    # Mark the member as PKWARE strong encryption: flag bits 0x41 in the local header (PK\3\4,
+    # flags at +6) and the central directory (PK\1\2, flags at +8).
     for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
         at = data.index(signature)
         flags, = struct.unpack_from("<H", data, at + flags_at)
-        struct.pack_into("<HH", data, at + flags_at, flags | 1, 99)
+        struct.pack_into("<H", data, at + flags_at, flags | 0x41)
     archive.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="AES/strong-encrypted zip member.*zip -P"):
+    with pytest.raises(ValueError, match="strong-encrypted zip member .unsupported.*zip -P"):
         load_ewok(archive, password="x")
 
 

@@ -84,9 +84,10 @@ def test_hellaswag_acc_and_acc_norm_equal_lm_eval(tmp_path, model_dir, capsys):
     items_out = tmp_path / "items.jsonl"
     assert main(["--model", str(model_dir), "--hellaswag", str(data), "--items-out",
                  str(items_out), "--batch-size", "5", "--no-progress"]) == 0
-    ours = json.loads(capsys.readouterr().out)["hellaswag"]
+    section = json.loads(capsys.readouterr().out)["hellaswag"]
+    ours = {"acc": section["hellaswag_acc"], "acc_norm": section["hellaswag_acc_norm"]}
     rows = [json.loads(x) for x in items_out.read_text().splitlines()]
-    assert len(theirs["items"]) == len(rows) == ours["num_examples"] == 24
+    assert len(theirs["items"]) == len(rows) == section["hellaswag_num_examples"] == 24
     for mine, other in zip(rows, theirs["items"]):
         assert mine["loglik"] == pytest.approx(other["loglik"], rel=1e-5, abs=1e-4)
         assert (mine["acc"], mine["acc_norm"]) == (other["acc"], other["acc_norm"])

@@ -122,7 +122,7 @@ def source_run(tmp_path_factory):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_attn_transfer_with_ffn_training_on_two_ranks(tmp_path, source_run, stage):
     from megaproc.models.run_model import build_run_model
-    from megaproc.tokenizer import build_run_tokenizer
+    from megaproc.runs import resolve, run_kind
     from megaproc.trainer import seed_everything
 
     out = tmp_path / "target"
@@ -139,9 +139,10 @@ def test_attn_transfer_with_ffn_training_on_two_ranks(tmp_path, source_run, stag
     # The fresh initialisation the trainer draws without transfer (same seed, same order).
     from tests.launch import QUICKSTART
 
-    cfg = load_config(QUICKSTART, [o for o in overrides if not o.startswith("model.init_from")])
+    cfg = resolve(load_config(QUICKSTART, [o for o in overrides if not o.startswith(
+        ("model.init_from", "model.weights_to_"))]))
     seed_everything(cfg.run.seed)
-    fresh, _ = build_run_model(cfg.model, build_run_tokenizer(cfg.data), {}, 0, 1)
+    fresh, _ = build_run_model(cfg.model, run_kind(cfg).build_tokenizer(), {}, 0, 1)
     fresh = fresh.state_dict()
     changed = 0
     for name, tensor in trained.items():

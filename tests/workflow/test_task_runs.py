@@ -151,15 +151,16 @@ def test_evaluate_cli_on_exported_model_and_checkpoint(runs, tokenizer):
     by_ckpt = module("megaproc.evaluate", "--checkpoint", f"latest:{runs['pretrain']}", "--split",
                      test_split, "--max-examples", "24")
     assert by_model.returncode == 0 and by_ckpt.returncode == 0, by_model.stderr[-2000:]
-    result, result_ckpt = json.loads(by_model.stdout), json.loads(by_ckpt.stdout)
+    result = json.loads(by_model.stdout)["split"]
+    result_ckpt = json.loads(by_ckpt.stdout)["split"]
     assert result["num_examples"] + result["num_dropped"] == 24
-    for key in ("accuracy", "answer_loss", "num_examples"):
+    for key in ("heldout_acc", "heldout_loss", "num_examples"):
         assert result_ckpt[key] == pytest.approx(result[key], rel=1e-5)
     model = AutoModelForCausalLM.from_pretrained(export_dir).eval()
     evaluator = HeldoutEvaluator(load_eval_records(test_split, 24), tokenizer, 1024)
     expected = evaluator.run(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
-    assert result["accuracy"] == pytest.approx(expected["heldout_acc"])
-    assert result["answer_loss"] == pytest.approx(expected["heldout_loss"], rel=1e-5)
+    assert result["heldout_acc"] == pytest.approx(expected["heldout_acc"])
+    assert result["heldout_loss"] == pytest.approx(expected["heldout_loss"], rel=1e-5)
 
     bad = module("megaproc.evaluate", "--model", str(export_dir), "--split", str(REPO / "setup.py"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
