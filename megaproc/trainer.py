@@ -27,8 +27,10 @@ from megaproc.engine import build_ds_config, build_engine, zero_stage
 from megaproc.errors import ConfigError
 from megaproc.flops import mfu, model_flops_per_token, peak_flops
 from megaproc.hooks import Hook, Hooks, build_hooks
-from megaproc.loss import classification_loss, token_cross_entropy, training_loss, training_mask
+from megaproc.loss import classification_loss, training_loss, training_mask
 from megaproc.metrics import LossMeter
+from megaproc.models.sliced_head import forward_logits, head_positions, sliced_token_cross_entropy
+from megaproc.task_vocab import task_tokenizer
 from megaproc.tokenizer import build_run_tokenizer, load_tokenizer, pad_id, symbol_tokenizer
 
 log = get_logger(__name__)
@@ -119,6 +121,9 @@ class Trainer:
         """The run's tokenizer; from-scratch classifiers get their symbol tokenizer, finetune
         wrappers the tokenizer of ``model.pretrained_path`` unless ``data.tokenizer`` is set."""
         cfg = self.cfg
+        task_vocabulary = task_tokenizer(cfg.task)  # task.tokenizer: symbolic
+        if task_vocabulary is not None:
+            return task_vocabulary
         if cfg.classify.target_func is None or cfg.data.tokenizer:
             return build_run_tokenizer(cfg.data, log=log.info)
         from megaproc.models.classification import FINETUNE_WRAPPERS
@@ -230,15 +235,25 @@ class Trainer:
     def forward_loss(self, batch: dict) -> torch.Tensor:
         """Forward one micro-batch; returns the loss to backpropagate (hooks may replace it)."""
         labels = batch["labels"].to(self.device)
-        logits = self.engine(input_ids=batch["input_ids"].to(self.device),
-                             attention_mask=batch["attention_mask"].to(self.device)).logits
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
         if labels.dim() == 1:  # sequence classification: one logit per sequence
+            logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
             per_token, loss = classification_loss(logits, labels)
             mask = torch.ones_like(per_token, dtype=torch.bool)
         else:
             answer = batch["answer_mask"].to(self.device)
             example_id, primary = batch.get("example_id"), batch.get("primary")
-            per_token = token_cross_entropy(logits, labels)
+            # The head only where the loss and the correctness check read (None: everywhere);
+            # hooks then get [N, V] logits at batch["head_positions"].
+            positions = None
+            if self.cfg.train.sliced_head:
+                positions = head_positions(self.cfg.train.loss, labels, answer,
+                                           batch.get("word_mask"), batch.get("boundary_mask"))
+            if positions is not None:
+                batch["head_positions"] = positions
+            logits = forward_logits(self.engine, input_ids, attention_mask, positions)
+            per_token = sliced_token_cross_entropy(logits, labels, positions)
             loss = training_loss(self.cfg.train.loss, per_token, labels, answer, example_id, primary,
                                  batch.get("word_mask"))
             mask = training_mask(self.cfg.train.loss, labels, answer, primary, batch.get("word_mask"))
