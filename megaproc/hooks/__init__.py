@@ -71,7 +71,8 @@ def build_hooks(cfg, run_dir: Path, tokenizer, source, valid_dataset, hf_config,
 
         hooks.append(ValidationHook(cfg.eval, run_dir, valid_dataset, cfg.train.micro_batch,
                                     cfg.train.seq_len, pad_id, rank, world_size,
-                                    mask_key=VALIDATION_MASK.get(cfg.train.loss)))
+                                    mask_key=VALIDATION_MASK.get(cfg.train.loss),
+                                    sliced_head=cfg.train.sliced_head))
     hooks += [LoggingHook(cfg.log, run_dir, cfg.train.max_steps), CheckpointHook(cfg.checkpoint),
               PreemptionHook()]
     return hooks

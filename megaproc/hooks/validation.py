@@ -18,6 +18,7 @@ from megaproc.data.batch import collate, rank_sample_indices
 from megaproc.eval.lm import lm_metrics
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
+from megaproc.models.sliced_head import forward_logits
 
 # The batch mask validation averages over for a ``train.loss`` that trains only some tokens.
 VALIDATION_MASK = {"answer_only": "answer_mask", "answer_word": "word_mask"}
@@ -30,9 +31,11 @@ class ValidationHook(Hook):
     priority = 50
 
     def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
-                 pad_id: int, rank: int, world_size: int, mask_key: str | None = None):
+                 pad_id: int, rank: int, world_size: int, mask_key: str | None = None,
+                 sliced_head: bool = False):
         self.cfg = eval_cfg
         self.mask_key = mask_key
+        self.sliced_head = sliced_head  # the head only at the mask_key positions
         self.log = EvalLog(run_dir)
         self.dataset = dataset
         self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
@@ -53,8 +56,10 @@ class ValidationHook(Hook):
         engine = trainer.engine
         engine.eval()
         try:
-            metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
-                                 self.batches(), trainer.device, mask_key=self.mask_key)
+            metrics = lm_metrics(lambda ids, mask, positions=None:
+                                 forward_logits(engine, ids, mask, positions),
+                                 self.batches(), trainer.device, mask_key=self.mask_key,
+                                 sliced=self.sliced_head)
         finally:
             engine.train()
         return self.log.write(trainer, metrics)
