@@ -21,9 +21,13 @@ time of the launch.  ``after_over_before`` holds the ratios (``examples_per_s`` 
 where it does not apply.  The machine's load average is recorded before and after (other
 processes inflate wall times; steps are not affected).
 
-    python bench/pptrain_speed.py [--nproc 2] [--out-dir DIR] [--lm-steps 100] [KEY=VALUE ...]
+    python bench/pptrain_speed.py [--nproc 2] [--out-dir DIR] [--max-steps N] [--lm-steps 100]
+                                  [KEY=VALUE ...]
 
-Extra ``KEY=VALUE`` overrides go to both pre-pretraining runs (e.g. ``run.seed=2``).
+``--max-steps`` bounds both curriculum runs (default: the recipe's ``train.max_steps``; the
+``before`` run needs about 3,000 steps to finish, the ``after`` run about 1,200): a stage not
+passed by then is absent from ``steps_to_stage`` and ``completed`` is false.  Extra
+``KEY=VALUE`` overrides go to both pre-pretraining runs (e.g. ``run.seed=2``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from megaproc.pipeline import run_logged, split_settings, step_splits, train_com
 
 RECIPE = REPO / "configs" / "pptrain_cpu.yaml"
 LM_RECIPE = REPO / "configs" / "quickstart.yaml"
-VARIANTS = {"before": ["task.tokenizer=data", "train.sliced_head=false"], "after": []}
+VARIANTS = {"after": [], "before": ["task.tokenizer=data", "train.sliced_head=false"]}
 
 
 def timed_run(name: str, config: Path, overrides: list[str], out: Path, nproc: int) -> float:
@@ -74,9 +78,10 @@ def curriculum_run(name: str, args, split_dir: Path, out: Path) -> dict:
     """One pre-pretraining run through the curriculum and what its logs say."""
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
+    bound = [f"train.max_steps={args.max_steps}"] if args.max_steps else []
     wall = timed_run(name, RECIPE, [f"run.out_dir={run_dir}", f"task.splits_dir={split_dir}",
-                                    "log.progress=false", *VARIANTS[name], *args.overrides],
-                     out, args.nproc)
+                                    "log.progress=false", *VARIANTS[name], *args.overrides,
+                                    *bound], out, args.nproc)
     evals = read_jsonl(run_dir / "logs" / "eval.jsonl")
     start = evals[0]["timestamp"]  # the step-0 held-out evaluation, just before step 1
     passed = [e for e in evals if e.get("passed_stage") is not None]
@@ -93,11 +98,10 @@ def lm_run(sliced: bool, args, out: Path) -> dict:
     name = f"lm_sliced_head_{str(sliced).lower()}"
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    wall = timed_run(name, LM_RECIPE, [f"run.out_dir={run_dir}", "log.progress=false",
-                                       f"train.max_steps={args.lm_steps}", "eval.every=0",
-                                       "eval.at_end=false", "checkpoint.save_every=0",
-                                       "checkpoint.save_final=false", f"train.sliced_head={sliced}"],
-                     out, args.nproc)
+    overrides = [f"run.out_dir={run_dir}", "log.progress=false", f"train.max_steps={args.lm_steps}",
+                 "eval.every=0", "eval.at_end=false", "checkpoint.save_every=0",
+                 "checkpoint.save_final=false", f"train.sliced_head={sliced}"]
+    wall = timed_run(name, LM_RECIPE, overrides, out, args.nproc)
     records = read_jsonl(run_dir / "logs" / "train.jsonl")
     return {**pace(records), "wall_s": round(wall, 1)}  # from the first record: no start-up
 
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--out-dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="bound of both curriculum runs (default: the recipe's)")
     parser.add_argument("--lm-steps", type=int, default=100)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -125,13 +131,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     settings = split_settings(str(RECIPE))
-    splits_args = SimpleNamespace(eval_size=200, test_size=200, mixin_size=0)
+    # The splits of the pipeline (its mixin prompts are reserved too), so "after" is its run.
+    splits_args = SimpleNamespace(eval_size=200, test_size=200, mixin_size=1000)
     with contextlib.redirect_stdout(sys.stderr):
         split_dir = step_splits(out, splits_args, settings)
     runs = {name: curriculum_run(name, args, split_dir, out) for name in VARIANTS}
     lm = {str(sliced): lm_run(sliced, args, out) for sliced in (False, True)}
     result = {
         "recipe": str(RECIPE.relative_to(REPO)), "nproc": args.nproc, "overrides": args.overrides,
+        "max_steps": args.max_steps,
         "cpu_count": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()], "out_dir": str(out),
         **runs, "after_over_before": ratios(runs["after"], runs["before"]),
