@@ -90,10 +90,11 @@ def _loss(model, batch):
 def run_baseline(args, mode: str) -> float:
     from megaproc.engine import build_ds_config, build_engine, zero_stage
     from megaproc.models.run_model import build_run_model
-    from megaproc.tokenizer import build_run_tokenizer
+    from megaproc.runs import resolve, run_kind
 
-    cfg = bench_config(args, tempfile.mkdtemp(prefix="bench_base_"))
-    tokenizer = build_run_tokenizer(cfg.data)
+    cfg = resolve(bench_config(args, tempfile.mkdtemp(prefix="bench_base_")),
+                  dist_utils.world_size())
+    tokenizer = run_kind(cfg).build_tokenizer()
     ds_config = build_ds_config(cfg, dist_utils.world_size())
     torch.manual_seed(cfg.run.seed)
     model, _ = build_run_model(cfg.model, tokenizer, ds_config, zero_stage(ds_config), 1)

@@ -193,6 +193,10 @@ class TrainConfig:
     # "answer_only": cross entropy on the answer tokens and their eos (prompt/answer data);
     # "answer_word": on the answer's own tokens only (the symbolic graph-search task).
     loss: LossKind = "mean"
+    # The LM head only at the positions the loss and the correctness check read (for
+    # weighted/answer_only/answer_word; "mean" computes every position either way); the losses,
+    # gradients and metrics equal the full head's (megaproc/models/sliced_head.py).
+    sliced_head: bool = True
     # Peak FLOP/s per device for the logged ``mfu`` (default: the GPU's known bf16 peak).
     peak_flops: Optional[float] = None
 
@@ -327,6 +331,9 @@ class TaskConfig:
     max_input_size: int = 384
     max_lookahead: int = 64
     natural_language: bool = True
+    # The run's tokenizer: "data" (data.tokenizer or the built-in one) or "symbolic" (one token
+    # per symbol of the symbolic task, built from max_input_size; megaproc/task_vocab.py).
+    tokenizer: Literal["data", "symbolic"] = "data"
     seed: int = 12345
     splits_dir: Optional[str] = None
     # Held-out task eval every N steps in runs without a curriculum (e.g. pretraining); 0 = off.

@@ -39,35 +39,46 @@ import torch
 
 from megaproc.data.batch import IGNORE_INDEX
 from megaproc.data.prompt_answer import is_word_character
+from megaproc.models.sliced_head import sliced_argmax
 
 
 def word_continuation_table(tokenizer, vocab_size: int | None = None) -> torch.Tensor:
     """Bool [V]: True for tokens whose text starts with a word character (they extend a word).
 
-    Special tokens (eos, pad, ...) and ids beyond the tokenizer's vocabulary are False.
+    A token's text is taken as it decodes *after another token* (``decode([a, i])`` minus
+    ``decode([a])``), not alone: a word-level vocabulary (:mod:`megaproc.task_vocab`) decodes
+    ``[3, 5]`` as ``"3 5"`` although token ``5`` alone is ``"5"``, and sentencepiece drops the
+    leading space of a sequence's first token; byte-level BPE gives the token's own text either
+    way.  Special tokens (eos, pad, ...) and ids beyond the tokenizer's vocabulary are False.
     """
     size = max(len(tokenizer), int(vocab_size or 0))
     table = torch.zeros(size, dtype=torch.bool)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    anchor = [i for i in range(len(tokenizer)) if i not in special][:1]
+    prefix = tokenizer.decode(anchor)
+    texts = tokenizer.batch_decode([anchor + [i] for i in range(len(tokenizer))])
     for token_id, text in enumerate(texts):
+        text = text[len(prefix):] if text.startswith(prefix) else tokenizer.decode([token_id])
         table[token_id] = token_id not in special and bool(text) and is_word_character(text[0])
     return table
 
 
 def teacher_forced_correct(logits: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
                            boundary_mask: torch.Tensor | None = None,
-                           continues_word: torch.Tensor | None = None) -> torch.Tensor:
+                           continues_word: torch.Tensor | None = None,
+                           positions: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row bool [B]: the greedy prediction is the full answer word.
 
     ``logits`` [B, T, V] come from the teacher-forced forward and ``labels`` [B, T] are the
-    next tokens.  Every ``word_mask`` position must predict its label; at a ``boundary_mask``
+    next tokens; with a sliced head (:mod:`megaproc.models.sliced_head`) ``logits`` are [N, V]
+    at the ``True`` positions of ``positions`` [B, T], which must cover ``word_mask`` and
+    ``boundary_mask``.  Every ``word_mask`` position must predict its label; at a ``boundary_mask``
     position the prediction must not be a word-continuing token (``continues_word`` [V], see
     :func:`word_continuation_table`; without it the boundary is not checked).  Rows without
     answer tokens are False.
     """
     word_mask = word_mask.to(labels.device).bool() & (labels != IGNORE_INDEX)
-    predicted = logits.argmax(dim=-1)
+    predicted = sliced_argmax(logits, positions)
     wrong = ((predicted != labels) & word_mask).any(dim=1)
     if boundary_mask is not None and continues_word is not None:
         table = continues_word.to(predicted.device).bool()

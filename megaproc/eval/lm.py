@@ -12,7 +12,7 @@ import math
 import torch
 
 from megaproc import distributed as dist_utils
-from megaproc.loss import masked_sums
+from megaproc.loss import label_mask, masked_sums
 
 PPL_CAP = 50.0  # exp() of a loss above this is reported as exp(50), not inf
 
@@ -53,17 +53,23 @@ def lm_summary(sums, prefix: str = "val") -> dict:
 
 @torch.no_grad()
 def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True,
-               mask_key: str | None = None) -> dict:
+               mask_key: str | None = None, sliced: bool = False) -> dict:
     """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``
     (over the tokens of ``batch[mask_key]`` only when given, e.g. ``"answer_mask"`` for what
-    ``train.loss: answer_only`` trains).
+    ``train.loss: answer_only`` trains).  With ``sliced`` (and ``mask_key``) the head runs only
+    there: ``logits_fn(input_ids, attention_mask, positions)`` returns [N, V] logits at the
+    ``True`` positions (:func:`megaproc.models.sliced_head.forward_logits`); same metrics.
 
     With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
     are collective).
     """
     metrics = LMMetrics(device)
     for batch in batches:
-        logits = logits_fn(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        metrics.add(logits, batch["labels"].to(device),
-                    batch[mask_key] if mask_key else None)
+        inputs = (batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        labels = batch["labels"].to(device)
+        if sliced and mask_key:
+            positions = batch[mask_key].to(device).bool() & label_mask(labels)
+            metrics.add(logits_fn(*inputs, positions), labels[positions])
+        else:
+            metrics.add(logits_fn(*inputs), labels, batch[mask_key] if mask_key else None)
     return metrics.result(reduce=reduce)

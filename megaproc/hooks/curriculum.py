@@ -151,8 +151,10 @@ class CurriculumHook(Hook):
 
     def on_loss(self, trainer, batch, logits, per_token_loss, loss):
         labels = batch["labels"].to(logits.device)
+        # A sliced head gives [N, V] logits at batch["head_positions"] (models/sliced_head.py).
         rows = teacher_forced_correct(logits.detach(), labels, batch["word_mask"],
-                                      batch["boundary_mask"], self.continues_word)
+                                      batch["boundary_mask"], self.continues_word,
+                                      positions=batch.get("head_positions"))
         self.record(examples_correct(rows, batch.get("example_id"), batch.get("primary")))
         return loss
 

@@ -19,6 +19,7 @@ from megaproc.eval.lm import lm_metrics
 from megaproc.eval.forward import eval_mode
 from megaproc.hooks.base import Hook
 from megaproc.hooks.records import EvalLog
+from megaproc.models.sliced_head import forward_logits
 
 # The batch mask validation averages over for a ``train.loss`` that trains only some tokens.
 VALIDATION_MASK = {"answer_only": "answer_mask", "answer_word": "word_mask"}
@@ -36,9 +37,11 @@ class ValidationHook(Hook):
     priority = 50
 
     def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
-                 pad_id: int, rank: int, world_size: int, mask_key: str | None = None):
+                 pad_id: int, rank: int, world_size: int, mask_key: str | None = None,
+                 sliced_head: bool = False):
         self.cfg = eval_cfg
         self.mask_key = mask_key
+        self.sliced_head = sliced_head  # the head only at the mask_key positions
         self.log = EvalLog(run_dir)
         self.dataset = dataset
         self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
@@ -57,8 +60,10 @@ class ValidationHook(Hook):
         """Evaluate with the engine in eval mode (dropout off); write and return the record."""
         engine = trainer.engine
         with eval_mode(engine), torch.no_grad():
-            metrics = lm_metrics(lambda ids, mask: engine(input_ids=ids, attention_mask=mask).logits,
-                                 self.batches(), trainer.device, mask_key=self.mask_key)
+            metrics = lm_metrics(lambda ids, mask, positions=None:
+                                 forward_logits(engine, ids, mask, positions),
+                                 self.batches(), trainer.device, mask_key=self.mask_key,
+                                 sliced=self.sliced_head)
         return self.log.write(trainer, metrics)
 
     def on_train_start(self, trainer) -> None:

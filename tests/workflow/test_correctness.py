@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from megaproc.data.batch import IGNORE_INDEX
@@ -51,11 +52,17 @@ def test_text_rule():
     assert not text_matches_answer(" 123", " 12") and not text_matches_answer(" 1", " 12")
 
 
-def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer):
+@pytest.mark.parametrize("vocabulary", ["bpe", "symbolic"])
+def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer, vocabulary):
     """For a random model, the evaluator's verdict on every candidate answer equals greedy
-    generation followed by the full-word text rule (on canonically tokenized candidates)."""
+    generation followed by the full-word text rule (on canonically tokenized candidates), with
+    the built-in BPE and with the word-level task vocabulary (texts decoded after the prompt:
+    the task vocabulary joins words with spaces)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from megaproc.task_vocab import symbolic_tokenizer
+
+    tokenizer = symbolic_tokenizer(26) if vocabulary == "symbolic" else tokenizer
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32,
                                        n_positions=128)).eval()
@@ -65,13 +72,18 @@ def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer):
     records, expected = [], []
     table = word_continuation_table(tokenizer)
     for prompt in prompts:
-        head = [tokenizer.bos_token_id] + encoder.encode_texts([prompt])[0]
+        head = [tokenizer.bos_token_id] * (tokenizer.bos_token_id is not None) + \
+            encoder.encode_texts([prompt])[0]
         out = model.generate(torch.tensor([head]), max_new_tokens=4, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)[0, len(head):].tolist()
-        continuation = tokenizer.decode(out)
+
+        def after_prompt(ids):
+            return tokenizer.decode(head + ids)[len(tokenizer.decode(head)):]
+
+        continuation = after_prompt(out)
         candidates = []
         for k in (1, 2, 3):
-            text = tokenizer.decode(out[:k])
+            text = after_prompt(out[:k])
             canonical = encoder.encode_texts([text])[0] == out[:k]
             if canonical and not set(out[:k]) & set(tokenizer.all_special_ids):
                 candidates.append(text)
@@ -80,7 +92,7 @@ def test_heldout_accuracy_equals_free_running_greedy_decoding(tokenizer):
             records.append({"prompt": prompt, "output_texts": [text]})
             expected.append(text_matches_answer(continuation, text))
     assert any(expected) and not all(expected)
-    assert table.any()
+    assert table.any() == (vocabulary == "bpe")  # no task token continues a word
     evaluator = HeldoutEvaluator(records, tokenizer, max_tokens=128, batch_size=5)
     result = evaluator.run(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
     assert evaluator.last_correct.tolist() == expected

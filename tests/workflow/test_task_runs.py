@@ -26,7 +26,7 @@ from tests.launch import FAST, REPO, read_jsonl, run
 
 PPTRAIN = str(REPO / "configs" / "pptrain_cpu.yaml")
 PRETRAIN = str(REPO / "configs" / "pretrain_cpu.yaml")
-SEQ_LEN = 36  # drops the longest ~15% of the n=26 symbolic examples
+SEQ_LEN = 23  # drops the longest ~4% (stage 1) to ~15% (stage 3) of the n=26 symbolic examples
 
 
 def pptrain_overrides(out: Path, splits: str, max_steps: int) -> list[str]:
@@ -99,7 +99,7 @@ def test_too_long_examples_are_dropped_counted_and_reported(runs):
     assert data["dropped_too_long"] > 0
     assert sum(data["positions"]) == data["consumed_samples"] + sum(data["skip_counts"].values())
     log = runs["straight_proc"].stdout
-    assert "dropping task examples longer than train.seq_len + 1 = 37 tokens" in log
+    assert "dropping task examples longer than train.seq_len + 1 = 24 tokens" in log
     assert f"{data['dropped_too_long']} task examples longer than" in log
 
 
@@ -172,13 +172,26 @@ def module(name: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_two_rank_zero3_curriculum_run(runs):
-    """Under the deepspeed launcher with ZeRO-3: the window gathers both ranks' examples
-    (8 per step), every held-out evaluation runs in lock step, and the run completes."""
-    out = runs["tmp"] / "zero3"
-    proc = run(2, pptrain_overrides(out, runs["splits"], 30) + ["deepspeed.config=ds_configs/zero3.json"],
-               config=PPTRAIN)
+def zero3_run(out: Path, splits: str, max_steps: int) -> subprocess.CompletedProcess:
+    proc = run(2, pptrain_overrides(out, splits, max_steps) +
+               ["deepspeed.config=ds_configs/zero3.json"], config=PPTRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_two_rank_zero3_curriculum_run(runs):
+    """Under the deepspeed launcher with ZeRO-3 (GPT-2's tied head, sliced, on the task
+    vocabulary): the window gathers both ranks' examples (8 per step), every held-out evaluation
+    runs in lock step, the run completes, and a run stopped in the middle of stage 2 (step 3)
+    and resumed on 2 ranks reproduces it bitwise."""
+    out, resumed = runs["tmp"] / "zero3", runs["tmp"] / "zero3_resumed"
+    zero3_run(out, runs["splits"], 30)
+    zero3_run(resumed, runs["splits"], 3)
+    assert "resumed from" in zero3_run(resumed, runs["splits"], 30).stdout
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert without_time(read_jsonl(resumed / "logs" / name)) == \
+            without_time(read_jsonl(out / "logs" / name)), name
+    assert state(resumed)["data"] == state(out)["data"]
     records = read_jsonl(out / "logs" / "train.jsonl")
     # window 12 fills in 2 steps of 8 examples: advances at steps 2 and 4, completion at 6
     assert [r["stage"] for r in records] == [1, 1, 2, 2, 3, 3]
