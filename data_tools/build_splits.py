@@ -28,6 +28,7 @@ from collections import Counter, deque
 from multiprocessing import get_context
 
 from megaproc.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGenerator
+from megaproc.synthetic.splits import split_dir_name
 
 SPLITS = ("eval", "test", "mixin")
 SPLIT_STREAM_ID = 1          # held-out splits never share the training stream (stream_id 0)
@@ -61,11 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-def split_dir_name(max_input_size: int, max_lookahead: int, seed: int, symbolic: bool) -> str:
-    """``mis{n}_look{L}_seed{seed}``, with ``_symbolic`` appended for the symbolic form."""
-    return f"mis{max_input_size}_look{max_lookahead}_seed{seed}" + ("_symbolic" if symbolic else "")
 
 
 def _validate(args) -> None:

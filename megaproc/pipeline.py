@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 from megaproc.errors import UserError
+from megaproc.synthetic.splits import split_dir_name
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE = "PIPELINE_COMPLETE"
@@ -105,8 +106,6 @@ def split_settings(pptrain_config: str) -> dict:
 
 def step_splits(out: Path, args, settings: dict) -> Path:
     """Build the eval/test/mixin splits unless their meta.json exists."""
-    from data_tools.build_splits import split_dir_name
-
     split_dir = out / "data" / split_dir_name(settings["max_input_size"], settings["max_lookahead"],
                                               settings["seed"], settings["symbolic"])
     if (split_dir / "meta.json").is_file():

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from megaproc import distributed as dist_utils
+from megaproc.data.deepmind_math import DeepMindMathError, make_example, module_files, read_pairs
 from megaproc.eval.loglik import LogitsFn
 from megaproc.eval.rows import json_rows, right_padded
 
@@ -99,9 +100,6 @@ def load_examples(path: str | Path, per_module: int = 0) -> list[PromptAnswer]:
             for file in converted:
                 _read_jsonl(file, per_module, examples)
         elif raw:
-            from data_tools._errors import DataToolError
-            from data_tools.deepmind_math import make_example, module_files, read_pairs
-
             try:
                 for split in raw:
                     for file in module_files(path / split):
@@ -109,7 +107,7 @@ def load_examples(path: str | Path, per_module: int = 0) -> list[PromptAnswer]:
                             record = make_example(question, answer, file.stem, split)
                             examples.append(_parse(record, f"{file}:{line}", str(file), line,
                                                    split))
-            except DataToolError as exc:
+            except DeepMindMathError as exc:
                 raise ValueError(str(exc)) from None
         else:
             raise ValueError(f"{path}: no interpolate/extrapolate .jsonl files or split "
