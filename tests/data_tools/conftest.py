@@ -139,3 +139,16 @@ def merge_main(prefixes, output_prefix) -> None:
     from data_tools.merge import merge
 
     merge([str(p) for p in prefixes], str(output_prefix))
+
+
+@pytest.fixture()
+def hf_home(tmp_path, monkeypatch):
+    """An empty HF home (datasets cache) for this test and the processes it starts."""
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
+    import datasets.config
+
+    # datasets reads the variable once, at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    return home
