@@ -1,8 +1,8 @@
 """Every ``python -m data_tools.*`` command documented in the recipes and the README, run as written.
 
 The commands are read from the comments of ``configs/downstream/*.yaml``,
-``configs/fineweb_edu*.yaml`` and ``configs/pile_diversity/*.yaml`` and from the README (fenced
-blocks and inline code), so a documented command that breaks fails here.  They run against
+``configs/fineweb_edu*.yaml`` and ``configs/pile_diversity/*.yaml`` and from the README and
+``docs/data.md`` (``bash`` blocks and inline code), so a documented command that breaks fails here.  They run against
 small fake copies of each corpus's real layout (:mod:`tests.data_tools.corpora`) with only
 these substitutions: ``DATA/`` and ``SCRATCH/`` point into the test directory, ``--tokenizer
 gpt2`` is the tests' tiny tokenizer, outputs go under the test directory (the working
@@ -52,13 +52,14 @@ def recipe_commands(path) -> list[str]:
     return _joined([line.lstrip()[1:] for line in path.read_text().splitlines() if line.lstrip().startswith("#")])
 
 
-def readme_commands() -> list[str]:
-    """The data_tools commands of the README's fenced blocks and inline code spans."""
-    text = (REPO_ROOT / "README.md").read_text()
-    fenced = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.DOTALL)
+def markdown_commands(path) -> list[str]:
+    """The data_tools commands of a page's ``bash``/``sh`` blocks and inline code spans
+    (a ``text`` block is a synopsis with placeholders, not a command)."""
+    text = path.read_text()
+    fenced = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.DOTALL)
     commands = [c for block in fenced for c in _joined(block.splitlines())]
     outside = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    commands += [" ".join(span.split()) for span in re.findall(r"`(python -m data_tools\.[^`]+)`", outside)]
+    commands += [" ".join(span.split()) for span in re.findall(r"`(python -m data_tools\.\w+ [^`]+)`", outside)]
     return commands
 
 
@@ -97,7 +98,9 @@ def make_fake_corpora(root) -> None:
 def test_every_documented_data_tools_command_runs_and_feeds_its_recipes(tmp_path, monkeypatch, hf_home,
                                                                         tokenizer_dir):
     recipes = sorted(p for pattern in RECIPE_GLOBS for p in REPO_ROOT.glob(pattern))
-    documented = [c for path in recipes for c in recipe_commands(path)] + readme_commands()
+    pages = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "data.md"]
+    documented = [c for path in recipes for c in recipe_commands(path)] + [c for page in pages
+                                                                          for c in markdown_commands(page)]
     commands = list(dict.fromkeys(documented))  # README and recipes repeat some
     modules = {argv_of(c, tmp_path, tokenizer_dir)[0] for c in commands}
     assert {"data_tools.preprocess", "data_tools.import_shards", "data_tools.deepmind_math", "data_tools.verify",
