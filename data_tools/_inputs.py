@@ -4,8 +4,8 @@
 
 - a file: ``.jsonl``/``.json``/``.ndjson`` (optionally ``.gz`` or ``.zst``), ``.parquet``,
   ``.arrow`` (a datasets cache/shard file) or ``.txt`` (one document);
-- a directory: every supported file below it; hidden entries are skipped, other files
-  ignored; a ``datasets`` ``save_to_disk`` directory (``state.json``, ``dataset_info.json``
+- a directory: every supported file below it except plain ``.json`` (metadata, as a rule);
+  hidden entries are skipped, other files ignored; a ``datasets`` ``save_to_disk`` directory (``state.json``, ``dataset_info.json``
   or ``dataset_dict.json``) is read as that dataset's arrow files;
 - a glob (``*``, ``?``, ``[``; ``**`` recursive): every match, as above.
 
@@ -148,7 +148,9 @@ def _walk(directory: str) -> list[InputFile]:
         dirs[:] = keep
         for name in names:
             fmt = file_format(name)
-            if fmt and not name.startswith("."):
+            # plain .json files below a directory are usually metadata (meta.json, config.json,
+            # an earlier output's .meta.json), not JSON lines: they are inputs only when named
+            if fmt and not name.startswith(".") and not name.lower().endswith(".json"):
                 found.append(_stat_file(os.path.join(root, name), fmt))
     return found
 

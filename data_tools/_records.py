@@ -16,6 +16,7 @@ import io
 from typing import Iterator
 
 from data_tools._errors import DataToolError
+from data_tools._hf_dataset import load_hf_dataset
 from data_tools._inputs import LINES, ROWS, STREAM, TXT, Piece, open_arrow
 
 ROW_BATCH = 1024
@@ -84,8 +85,6 @@ def _rows(piece: Piece) -> Iterator[dict]:
 
 
 def _stream_rows(piece: Piece) -> Iterator[dict]:
-    from data_tools._hf_dataset import load_hf_dataset
-
     name, config, split, shard, shards = piece.stream
     dataset = load_hf_dataset(name, config, split, streaming=True)
     yield from dataset.shard(num_shards=shards, index=shard)

@@ -28,6 +28,7 @@ from collections import Counter, deque
 from multiprocessing import get_context
 
 from megaproc.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGenerator
+from megaproc.files import sha256_file
 from megaproc.synthetic.splits import split_dir_name
 
 SPLITS = ("eval", "test", "mixin")
@@ -129,14 +130,6 @@ def _chunks(generator, workers: int, settings: tuple):
             yield pending.popleft().get()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 64, seed: int = 12345,
                  eval_size: int = 2000, test_size: int = 5000, mixin_size: int = 50000,
                  symbolic: bool = False, workers: int = 1, overwrite: bool = False,
@@ -226,7 +219,7 @@ def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 6
         "lookahead_histogram": {name: {str(k): histograms[name][k] for k in sorted(histograms[name])}
                                 for name in SPLITS},
         "files": {name: f"{name}.jsonl" for name in SPLITS},
-        "sha256": {name: _sha256(os.path.join(tmp_dir, f"{name}.jsonl")) for name in SPLITS},
+        "sha256": {name: sha256_file(os.path.join(tmp_dir, f"{name}.jsonl")) for name in SPLITS},
         "build_seconds": round(time.time() - started, 2),
     }
     with open(os.path.join(tmp_dir, "meta.json"), "w", encoding="utf-8") as f:

@@ -56,6 +56,7 @@ from data_tools._tokenize_worker import (
 from data_tools._tokenizer import load_tokenizer
 from data_tools._totals import Limits, Totals
 from megaproc.data.indexed import best_dtype
+from megaproc.files import sha256_file
 
 PROG = "data_tools.preprocess"
 
@@ -132,14 +133,6 @@ def _special_ids(args, tokenizer) -> tuple[int | None, int | None]:
     return bos_id, eod_id
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Run:
     """One preprocess invocation: inputs, settings, workspace, outputs."""
 
@@ -164,7 +157,7 @@ class Run:
         self.finals = {"train": f"{prefix}_train", "valid": f"{prefix}_valid"} if self.threshold is not None \
             else {"train": prefix}
         self.settings = {
-            "tokenizer": self._tokenizer_name(), "tokenizer_sha256": _sha256_file(self.tokenizer.path),
+            "tokenizer": self._tokenizer_name(), "tokenizer_sha256": sha256_file(self.tokenizer.path),
             "json_key": args.json_key, "filters": sorted(f.spec for f in self.filters),
             "max_docs": args.max_docs, "max_tokens": args.max_tokens, "valid_fraction": args.valid_fraction,
             "dtype": str(self.dtype), "bos_id": self.bos_id, "eod_id": self.eod_id, "skip_bad": bool(args.skip_bad),

@@ -16,29 +16,16 @@ import gzip
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.data.test_megatron_compat import _megatron_indexed
+
 from .conftest import preprocess_main
 from .corpora import write_c4
-
-
-def megatron_indexed():
-    """megatron-core's indexed_dataset module (a test dependency: a failing import fails)."""
-    try:
-        with warnings.catch_warnings():
-            # megatron.core's package imports warn on CPU (no Transformer Engine / Apex) and
-            # about deprecated torch APIs; the indexed dataset code uses none of it.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from megatron.core.datasets import indexed_dataset
-    except ImportError as exc:  # pragma: no cover - only without the test extras
-        pytest.fail(f"megatron-core is a test dependency (pip install -e .[test]): {exc}")
-    return indexed_dataset
 
 
 def decompress(shards: list[Path], directory: Path) -> list[Path]:
@@ -58,7 +45,7 @@ def megatron_core_route(files: list[Path], tokenizer_dir: Path, directory: Path)
 
     from transformers import PreTrainedTokenizerFast
 
-    megatron = megatron_indexed()
+    megatron = _megatron_indexed()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
     dtype = megatron.DType.optimal_dtype(tokenizer.vocab_size)
     directory.mkdir()
@@ -98,7 +85,7 @@ def test_shard_directory_equals_megatron_core_per_file_then_merge(tmp_path, shar
         preprocess_main("--input", tmp_path / "c4" / "en", "--tokenizer", tokenizer_dir, "--output-prefix", out,
                         "--append-eod", "--workers", workers)
         assert read(str(out)) == reference, f"--workers {workers}"
-    theirs = megatron_indexed().IndexedDataset(str(tmp_path / "ours_w2"))
+    theirs = _megatron_indexed().IndexedDataset(str(tmp_path / "ours_w2"))
     assert len(theirs) == 100 and np.array_equal(theirs.document_indices, np.arange(101))
 
 

@@ -55,6 +55,7 @@ def test_inputs_are_sorted_and_deduplicated_across_files_dirs_and_globs(tmp_path
     for name, docs in corpus.items():
         write_jsonl(tmp_path / "in" / name, [{"text": t} for t in docs], "gz" if name.endswith(".gz") else None)
     (tmp_path / "in" / "sub" / "notes.md").write_text("ignored: not an input format")
+    (tmp_path / "in" / "sub" / "meta.json").write_text('{"text": "metadata, not a document"}\n')
     (tmp_path / "in" / ".hidden.jsonl").write_text('{"text": "hidden files are skipped"}\n')
     # the directory, a glob and a file all name b.jsonl; it is read once, in sorted position
     preprocess(tokenizer_dir, tmp_path / "out", "--input", tmp_path / "in" / "b.jsonl", tmp_path / "in",
