@@ -14,8 +14,8 @@ import pytest
 
 from data_tools._errors import DataToolError
 
-from .conftest import REPO_ROOT, error_line, preprocess_main, run_tool
-from .corpora import write_c4
+from .conftest import REPO_ROOT, error_line, preprocess_main, run_tool, write_jsonl
+from .corpora import texts, write_c4
 
 FINAL_SUFFIXES = (".bin", ".idx", ".meta.json")
 
@@ -25,35 +25,46 @@ def final_files(prefix) -> list[str]:
     return [n for n in names if os.path.exists(n)]
 
 
-def files_done(state_file) -> int:
+def progress(work_dir) -> tuple[int, int, int]:
+    """(files done, train bytes the state records, train bytes written so far) of a running preprocess."""
     try:
-        return json.loads(open(state_file).read())["files_done"]
+        state = json.loads((work_dir / "state.json").read_text())
+        written = os.path.getsize(work_dir / "train.bin")
+        return state["files_done"], state["outputs"]["train"]["bin_bytes"], written
     except (OSError, ValueError, KeyError):
-        return 0
+        return 0, 0, 0
 
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_identical_bytes(tmp_path, tokenizer_dir):
-    write_c4(tmp_path / "c4", shards=12, per_shard=400)
-    options = ["--input", str(tmp_path / "c4" / "en" / "c4-train.*"), "--tokenizer", tokenizer_dir, "--append-eod",
-               "--valid-fraction", 0.05, "--max-docs", 100000, "--workers", 1, "--chunk-size", 16]
+    (tmp_path / "shards").mkdir()
+    for k in range(12):
+        write_jsonl(tmp_path / "shards" / f"shard-{k:02d}.jsonl", [{"text": t} for t in texts(300, seed=k)])
+    options = ["--input", str(tmp_path / "shards" / "shard-*.jsonl"), "--tokenizer", tokenizer_dir, "--append-eod",
+               "--valid-fraction", 0.05, "--max-docs", 100000, "--workers", 1, "--piece-bytes", 60000]
     reference = tmp_path / "reference"
     preprocess_main(*options, "--output-prefix", reference)
 
     out = tmp_path / "killed"
-    state_file = tmp_path / ".killed.preprocess" / "state.json"
+    work_dir = tmp_path / ".killed.preprocess"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     # its own session, so the kill takes the worker process with it (as a job scheduler would)
     process = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess", *map(str, options),
                                 "--output-prefix", str(out)], cwd=REPO_ROOT, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Kill in the middle of a file: some files recorded as done, and more tokens already
+    # written than the state records (they must be cut off on resume).
     deadline = time.monotonic() + 300
-    while files_done(state_file) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while process.poll() is None and time.monotonic() < deadline:
+        done, recorded, written = progress(work_dir)
+        if done >= 2 and written > recorded:
+            break
+        time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    done = files_done(state_file)
+    done, recorded, written = progress(work_dir)
     assert process.returncode == -signal.SIGKILL and 2 <= done < 12, (process.returncode, done)
+    assert written > recorded, "killed between files: nothing to cut off"
     assert final_files(out) == []  # nothing under the final names
 
     # the same command without --resume refuses (the partial run is not silently discarded)

@@ -123,13 +123,23 @@ def test_valid_split_depends_on_the_text_alone(tmp_path, tokenizer_dir, referenc
     for k, name in enumerate(["02.jsonl.zst", "01.jsonl.zst", "00.jsonl.zst"]):
         shutil.copy(tmp_path / "pile" / "train" / name, reordered / f"{k:02d}.jsonl.zst")
     preprocess_main("--input", reordered, "--output-prefix", tmp_path / "pubmed", *common,
-                    "--filter", "meta.pile_set_name=PubMed Abstracts", "--max-docs", 12)
+                    "--filter", "meta.pile_set_name=PubMed Abstracts", "--max-docs", 15)
     valid_ids = {tuple(d) for d in dataset_documents(tmp_path / "all_valid")}
     train_ids = {tuple(d) for d in dataset_documents(tmp_path / "all_train")}
     sub_valid = [tuple(d) for d in dataset_documents(tmp_path / "pubmed_valid")]
     sub_train = [tuple(d) for d in dataset_documents(tmp_path / "pubmed_train")]
     assert sub_valid and set(sub_valid) <= valid_ids and set(sub_train) <= train_ids
-    assert len(sub_train) == 12  # --max-docs counts the train output
+    # exactly: --max-docs counts the train output; valid gets the held-out documents read before
+    # the 15th train document (inside the last file, with held-out documents after it), none after
+    expected_train, expected_valid = [], []
+    for record in [r for shard in reversed(shards) for r in shard]:
+        if record["meta"]["pile_set_name"] != "PubMed Abstracts":
+            continue
+        (expected_valid if in_valid(record["text"], fraction) else expected_train).append(record["text"])
+        if len(expected_train) == 15:
+            break
+    assert sub_train == [tuple(d) for d in expected_ids(reference_tokenizer, expected_train)]
+    assert sub_valid == [tuple(d) for d in expected_ids(reference_tokenizer, expected_valid)]
 
 
 def test_empty_validation_output_is_still_a_valid_pair(tmp_path, tokenizer_dir):
