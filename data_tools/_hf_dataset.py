@@ -1,9 +1,9 @@
 """``--hf-dataset NAME_OR_PATH``: a dataset through ``datasets.load_dataset``, never the network.
 
 NAME_OR_PATH is a local dataset directory (a clone of a hub dataset repository, whose README
-``configs:`` name the data files of each ``--hf-config``; or any directory of data files), a
-builder name with local ``data_files`` is not needed here (use ``--input`` for plain files),
-or a hub name whose prepared copy is already in the local HF datasets cache.
+``configs:`` name the data files of each ``--hf-config``, or any directory of data files) or a
+hub name whose prepared copy is already in the local HF datasets cache.  (Plain data files are
+better read with ``--input``: no copy into the cache.)
 
 The offline switches (``HF_DATASETS_OFFLINE``, ``HF_HUB_OFFLINE``) are set before ``datasets``
 is imported, and flipped in the libraries' config if they were imported already, so nothing

@@ -292,15 +292,14 @@ class Run:
                     take = totals.take(piece, result, base, self.limits)
                     base += len(result.status)
                     self._append(outputs, piece, result, take)
-                    progress.update(piece.nbytes)
-                    progress.set_postfix_str(
-                        f"files {piece.first_file + piece.file_count if piece.ends_file else piece.first_file}/"
-                        f"{len(self.files)}, {totals.kept:,} docs, {sum(totals.tokens.values()):,} tokens",
-                        refresh=False)
-                    if totals.reached:
-                        break
                     if piece.ends_file:
                         files_done = piece.first_file + piece.file_count
+                    progress.update(piece.nbytes)
+                    progress.set_postfix_str(f"files {files_done}/{len(self.files)}, {totals.kept:,} docs, "
+                                             f"{sum(totals.tokens.values()):,} tokens", refresh=False)
+                    if totals.reached:
+                        break
+                    if piece.ends_file:  # every document of these files is appended: a resume point
                         self.workspace.save_state({
                             "settings": self.settings, "files": self.identities, "files_done": files_done,
                             "outputs": {s: o.state() for s, o in outputs.items()}, "totals": totals.to_state()})
@@ -391,9 +390,11 @@ class Run:
             output = outputs[split]
             if output.documents == 0:
                 print(f"warning: {self.finals[split]} has no documents", file=sys.stderr)
-            rate = output.tokens / elapsed if elapsed > 0 else float("inf")
-            print(f"wrote {self.finals[split]}.bin/.idx: {output.documents} documents, {output.tokens} tokens "
-                  f"in {elapsed:.1f}s ({rate:,.0f} tokens/s)")
+            print(f"wrote {self.finals[split]}.bin/.idx: {output.documents} documents, {output.tokens} tokens")
+        tokens = sum(o.tokens for o in outputs.values())
+        megabytes = sum(f.size for f in self.files) / 1e6
+        print(f"{len(self.files)} input files ({megabytes:,.1f} MB) in {elapsed:.1f}s: "
+              f"{tokens / max(elapsed, 1e-9):,.0f} tokens/s, {megabytes / max(elapsed, 1e-9):.1f} MB/s")
 
 
 def run(args) -> Totals:
@@ -404,12 +405,14 @@ def run(args) -> Totals:
         print(f"{args.output_prefix}: already complete with these inputs and settings, nothing to do", file=sys.stderr)
         return Totals()
     state = job.start()
+    processed = False
     try:
         totals, outputs = job.process(state)
+        processed = True
         job.finish(totals, outputs)
     except BaseException:
-        saved = job.workspace.read_state()
-        if saved is not None and saved["files_done"] > 0:
+        saved = job.workspace.read_state() if not processed else None
+        if saved is not None and saved["files_done"] > 0:  # progress worth resuming
             job.workspace.release()
             print(f"note: partial output kept in {job.workspace.directory} ({saved['files_done']}/{len(job.files)} "
                   "input files done); rerun with --resume to continue", file=sys.stderr)
