@@ -36,6 +36,7 @@ from megaproc.config import load_config
 from megaproc.distributed import free_port
 from megaproc.errors import ConfigError, UserError, run_cli
 from megaproc.export import EXPORT_INFO_FILE
+from megaproc.synthetic.splits import split_dir_name
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE = "PIPELINE_COMPLETE"
@@ -108,8 +109,6 @@ def split_settings(pptrain_config: str) -> dict:
 
 def step_splits(out: Path, args, settings: dict) -> Path:
     """Build the eval/test/mixin splits unless their meta.json exists."""
-    from data_tools.build_splits import split_dir_name
-
     split_dir = out / "data" / split_dir_name(settings["max_input_size"], settings["max_lookahead"],
                                               settings["seed"], settings["symbolic"])
     if (split_dir / "meta.json").is_file():
