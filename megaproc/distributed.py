@@ -73,6 +73,13 @@ def unlink_shm_buffers() -> None:
             pass
 
 
+def shutdown() -> None:
+    """Destroy the default process group (at the end of a run, after every rank is done with
+    it): a process that exits with the group alive may abort in the backend's teardown."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     """Global rank (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
