@@ -75,9 +75,17 @@ def unlink_shm_buffers() -> None:
 
 def shutdown() -> None:
     """Destroy the default process group (at the end of a run, after every rank is done with
-    it): a process that exits with the group alive may abort in the backend's teardown."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    it): a process that exits with the group alive may abort in the backend's teardown.
+
+    Through DeepSpeed's ``destroy_process_group``, which also drops the groups DeepSpeed cached
+    (its clone of the world group); torch's alone would leave those pointing at the destroyed
+    group, and the next group of the same process (tests, notebooks) would fail with "Group ...
+    is not registered"."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import deepspeed.comm  # the trainer's process group was set up through it
+
+    deepspeed.comm.destroy_process_group()
 
 
 def rank() -> int:
