@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 from data_tools._errors import DataToolError
+from megaproc.files import atomic_output
 
 
 def meta_path(path_prefix: str) -> str:
@@ -29,18 +29,9 @@ def read_meta(path_prefix: str) -> dict | None:
     return meta
 
 
-def write_meta_temp(path_prefix: str, meta: dict) -> str:
-    """Write ``meta`` under a temporary name; return it (move it with :func:`publish_meta`)."""
-    temp = f"{meta_path(path_prefix)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    return temp
-
-
-def publish_meta(temp: str, path_prefix: str) -> None:
-    """Atomically move a temporary meta file into place."""
-    os.replace(temp, meta_path(path_prefix))
+def meta_text(meta: dict) -> str:
+    """How a meta file is serialised (sorted keys, indented, trailing newline)."""
+    return json.dumps(meta, indent=2, sort_keys=True) + "\n"
 
 
 def finalize_with_meta(builder, path_prefix: str, meta: dict) -> None:
@@ -49,10 +40,6 @@ def finalize_with_meta(builder, path_prefix: str, meta: dict) -> None:
     The meta file is written under a temporary name first and only moved into place once the
     ``.bin``/``.idx`` pair is complete, so a crash never leaves a meta describing missing data.
     """
-    temp = write_meta_temp(path_prefix, meta)
-    try:
+    with atomic_output(meta_path(path_prefix)) as temp:
+        temp.write_text(meta_text(meta), encoding="utf-8")
         builder.finalize()
-    except BaseException:
-        os.remove(temp)
-        raise
-    publish_meta(temp, path_prefix)

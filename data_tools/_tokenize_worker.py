@@ -1,54 +1,116 @@
-"""Worker side of ``data_tools.preprocess``: decode a raw chunk, validate, tokenize.
+"""Worker side of ``data_tools.preprocess``: read one piece, decode, filter, tokenize, split.
 
-A worker process is initialised once with :func:`init_worker` (it loads the tokenizer and
-caps its threads) and then turns each :class:`~data_tools._readers.RawChunk` into a
-:class:`TokenizedChunk`: one flat token array plus per-document lengths, so results cross
-the process boundary as two numpy buffers rather than millions of Python ints.
+A worker process is initialised once with :func:`init_worker` (it caps the tokenizer's threads
+and loads it) and then turns each :class:`~data_tools._inputs.Piece` into part files plus a
+:class:`PieceResult`:
+
+- ``PART_DIR/<piece>.<split>.bin``: the tokens of the piece's kept documents of that split, in
+  order (so the main process appends them with a plain file copy);
+- ``PieceResult.status``: one byte per unit (line, row or file) saying what became of it
+  (:data:`STATUS_NAMES`), which is what lets the main process cut a piece exactly at a
+  ``--max-docs``/``--max-tokens`` limit and count what was read up to there;
+- ``PieceResult.lengths[split]``: the token count of every kept document.
+
+A bad record without ``--skip-bad`` ends the piece at that record and is returned as
+``PieceResult.error``: the main process raises it only if the output gets that far, with the
+record's absolute line or row number.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from data_tools._errors import DataToolError
-from data_tools._readers import FILES, JSON_LINES, RawChunk
+from data_tools._inputs import LINES, TXT, Piece
+from data_tools._records import iter_units
+from data_tools._selection import RecordFilter, is_valid, matches_all
 from data_tools._tokenizer import Tokenizer, load_tokenizer
 
+TRAIN, VALID, FILTERED, EMPTY, INVALID_JSON, MISSING_KEY, NON_UTF8, BLANK = range(8)
+STATUS_NAMES = ("train", "valid", "filtered", "empty", "invalid_json", "missing_key", "non_utf8", "blank_lines")
 BAD_RECORD_KINDS = ("invalid_json", "missing_key", "non_utf8")
+BAD_STATUSES = (INVALID_JSON, MISSING_KEY, NON_UTF8)
+SPLITS = ("train", "valid")
 MAX_EXAMPLES = 5
+BATCH_BYTES = 1 << 20
 
 
 @dataclass
 class WorkerSettings:
-    """What every worker needs to turn raw chunks into tokens."""
+    """What every worker needs to turn pieces into tokens."""
 
     tokenizer: str
     json_key: str
+    filters: list[RecordFilter]
     skip_bad: bool
     dtype: str
     bos_id: int | None  # prepended to every document when set
     eod_id: int | None  # appended to every document when set
     threads: int
+    valid_threshold: int | None  # hash threshold of --valid-fraction (None: no split)
+    part_dir: str
+    batch_docs: int = 512
 
 
 @dataclass
-class TokenizedChunk:
-    """Tokens of one chunk: ``tokens`` flat, ``lengths[i]`` tokens per kept document."""
+class PieceResult:
+    """What a worker made of one piece (see the module docstring)."""
 
-    tokens: np.ndarray
-    lengths: np.ndarray
-    input_docs: int
-    nbytes: int
-    counts: Counter = field(default_factory=Counter)  # empty, blank_lines, and BAD_RECORD_KINDS
-    examples: dict = field(default_factory=dict)  # kind -> a few locations, for warnings
+    index: int
+    status: np.ndarray  # uint8, one per unit
+    lengths: dict  # split -> int32 lengths of its kept documents
+    examples: dict = field(default_factory=dict)  # status name -> first unit numbers, for warnings
+    error: tuple | None = None  # (unit, message) of the first bad record without --skip-bad
 
 
-class ChunkTokenizer:
-    """Decodes, validates and tokenizes raw chunks with one loaded tokenizer."""
+def part_path(part_dir: str, index: int, split: str) -> str:
+    """The part file of ``split`` tokens of piece ``index``."""
+    return os.path.join(part_dir, f"{index:08d}.{split}.bin")
+
+
+class _PieceWriter:
+    """Collects one piece's statuses and lengths and streams its tokens to part files."""
+
+    def __init__(self, settings: WorkerSettings, index: int):
+        self.settings = settings
+        self.index = index
+        self.status = bytearray()
+        self.lengths = {split: array("i") for split in SPLITS}
+        self.examples: dict[str, list[int]] = {}
+        self.error: tuple | None = None
+        self._files: dict = {}
+
+    def mark(self, code: int) -> int:
+        self.status.append(code)
+        unit = len(self.status) - 1
+        if code not in (TRAIN, VALID, FILTERED, BLANK):
+            kept = self.examples.setdefault(STATUS_NAMES[code], [])
+            if len(kept) < MAX_EXAMPLES:
+                kept.append(unit)
+        return unit
+
+    def write(self, split: str, tokens: np.ndarray, lengths) -> None:
+        handle = self._files.get(split)
+        if handle is None:
+            handle = self._files[split] = open(part_path(self.settings.part_dir, self.index, split), "wb")
+        handle.write(tokens.data)
+        self.lengths[split].extend(lengths)
+
+    def result(self) -> PieceResult:
+        for handle in self._files.values():
+            handle.close()
+        return PieceResult(self.index, np.frombuffer(bytes(self.status), dtype=np.uint8),
+                           {s: np.frombuffer(self.lengths[s].tobytes(), dtype=np.int32) for s in SPLITS},
+                           self.examples, self.error)
+
+
+class PieceTokenizer:
+    """Reads, validates, filters and tokenizes pieces with one loaded tokenizer."""
 
     def __init__(self, settings: WorkerSettings, tokenizer: Tokenizer | None = None):
         self.settings = settings
@@ -56,145 +118,157 @@ class ChunkTokenizer:
         self.tokenizer.set_threads(settings.threads)
         self.dtype = np.dtype(settings.dtype)
 
-    def _bad(self, result: TokenizedChunk, kind: str, location: str, message: str) -> None:
-        if not self.settings.skip_bad:
-            raise DataToolError(f"{location}: {message} (use --skip-bad to skip and count such records)")
-        result.counts[kind] += 1
-        result.examples.setdefault(kind, [])
-        if len(result.examples[kind]) < MAX_EXAMPLES:
-            result.examples[kind].append(location)
+    # ---- one unit -> (status, text, message)
 
-    def _empty(self, result: TokenizedChunk, location: str) -> None:
-        result.counts["empty"] += 1
-        result.examples.setdefault("empty", [])
-        if len(result.examples["empty"]) < MAX_EXAMPLES:
-            result.examples["empty"].append(location)
+    def _from_line(self, raw: bytes, first_line: bool):
+        if not raw.strip():
+            return BLANK, None, None
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return NON_UTF8, None, f"line is not valid UTF-8 (byte {exc.start + 1})"
+        if first_line:
+            line = line.lstrip("\ufeff")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return INVALID_JSON, None, f"line is not valid JSON: {exc.msg} (column {exc.colno})"
+        if not isinstance(record, dict):
+            return INVALID_JSON, None, "line is JSON but not an object"
+        return self._from_record(record, "JSON key")
 
-    def _texts_from_json_lines(self, chunk: RawChunk, result: TokenizedChunk):
+    def _from_record(self, record: dict, what: str):
+        if not matches_all(self.settings.filters, record):
+            return FILTERED, None, None
         key = self.settings.json_key
-        texts, locations = [], []
-        for offset, raw in enumerate(chunk.items):
-            line_number = chunk.first + offset
-            location = f"{chunk.source}:{line_number}"
-            if not raw.strip():
-                result.counts["blank_lines"] += 1
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                self._bad(result, "non_utf8", location, f"line {line_number} is not valid UTF-8 (byte {exc.start + 1})")
-                continue
-            if line_number == 1:
-                line = line.lstrip("\ufeff")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self._bad(result, "invalid_json", location, f"line {line_number} is not valid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            if not isinstance(record, dict):
-                self._bad(result, "invalid_json", location, f"line {line_number} is JSON but not an object")
-                continue
-            if key not in record:
-                self._bad(result, "missing_key", location, f"line {line_number} has no JSON key '{key}'")
-                continue
-            text = record[key]
-            if not isinstance(text, str):
-                self._bad(result, "missing_key", location, f"line {line_number}: JSON key '{key}' is {type(text).__name__}, not a string")
-                continue
-            texts.append(text)
-            locations.append(location)
-        return texts, locations
+        if key not in record:
+            return MISSING_KEY, None, f"no {what} '{key}'"
+        text = record[key]
+        if not isinstance(text, str):
+            kind = "null" if text is None else type(text).__name__
+            return MISSING_KEY, None, f"{what} '{key}' is {kind}, not a string"
+        return (TRAIN, text, None) if text.strip() else (EMPTY, None, None)
 
-    def _texts_from_rows(self, chunk: RawChunk, result: TokenizedChunk):
-        key = self.settings.json_key
-        texts, locations = [], []
-        for offset, value in enumerate(chunk.items):
-            location = f"{chunk.source}: row {chunk.first + offset}"
-            if not isinstance(value, str):
-                what = "null" if value is None else type(value).__name__
-                self._bad(result, "missing_key", location, f"column '{key}' is {what}, not a string")
-                continue
-            texts.append(value)
-            locations.append(location)
-        return texts, locations
+    def _from_file(self, item):
+        _, data = item
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return NON_UTF8, None, f"file is not valid UTF-8 (byte offset {exc.start})"
+        if self.settings.filters:
+            return FILTERED, None, None  # a .txt document has no fields to match
+        return (TRAIN, text, None) if text.strip() else (EMPTY, None, None)
 
-    def _texts_from_files(self, chunk: RawChunk, result: TokenizedChunk):
-        texts, locations = [], []
-        for name, data in chunk.items:
-            try:
-                texts.append(data.decode("utf-8"))
-                locations.append(name)
-            except UnicodeDecodeError as exc:
-                self._bad(result, "non_utf8", name, f"file is not valid UTF-8 (byte offset {exc.start})")
-        return texts, locations
+    # ---- batches
 
-    def _encode(self, texts: list[str], locations: list[str], result: TokenizedChunk) -> list[list[int]]:
+    def _encode(self, texts: list[str]) -> list:
         try:
             return self.tokenizer.encode_batch(texts)
         except Exception:  # find the document the tokenizer refused (e.g. a lone surrogate)
             encoded = []
-            for text, location in zip(texts, locations):
+            for text in texts:
                 try:
                     encoded.append(self.tokenizer.encode_batch([text])[0])
                 except Exception as exc:
-                    self._bad(result, "non_utf8", location, f"text cannot be tokenized ({type(exc).__name__}: {exc})")
-                    encoded.append(None)
+                    encoded.append(f"text cannot be tokenized ({type(exc).__name__}: {exc})")
             return encoded
 
-    def __call__(self, chunk: RawChunk) -> TokenizedChunk:
-        """Tokenize ``chunk``; raises DataToolError naming file and line on a bad record."""
-        result = TokenizedChunk(np.empty(0, self.dtype), np.empty(0, np.int32), len(chunk.items), chunk.nbytes)
-        if chunk.kind == JSON_LINES:
-            texts, locations = self._texts_from_json_lines(chunk, result)
-        elif chunk.kind == FILES:
-            texts, locations = self._texts_from_files(chunk, result)
-        else:
-            texts, locations = self._texts_from_rows(chunk, result)
-        kept_texts, kept_locations = [], []
-        for text, location in zip(texts, locations):
-            if text.strip():
-                kept_texts.append(text)
-                kept_locations.append(location)
-            else:
-                self._empty(result, location)
-        if not kept_texts:
-            return result
-        encoded = [ids for ids in self._encode(kept_texts, kept_locations, result) if ids is not None]
-        extra = (self.settings.bos_id is not None) + (self.settings.eod_id is not None)
-        lengths = np.fromiter((len(ids) + extra for ids in encoded), dtype=np.int64, count=len(encoded))
+    def _flush(self, writer: _PieceWriter, texts: list[str], units: list[int]) -> bool:
+        """Tokenize and write a batch; False when a document could not be tokenized (and no --skip-bad)."""
+        if not texts:
+            return True
+        settings = self.settings
+        encoded = self._encode(texts)
+        per_split: dict[str, list] = {split: [] for split in SPLITS}
+        ok = True
+        for text, ids, unit in zip(texts, encoded, units):
+            if isinstance(ids, str):
+                writer.status[unit] = NON_UTF8
+                examples = writer.examples.setdefault("non_utf8", [])
+                if len(examples) < MAX_EXAMPLES:
+                    examples.append(unit)
+                if not settings.skip_bad:
+                    writer.error = (unit, ids)
+                    del writer.status[unit + 1:]
+                    ok = False
+                    break
+                continue
+            valid = settings.valid_threshold is not None and is_valid(text, settings.valid_threshold)
+            writer.status[unit] = VALID if valid else TRAIN
+            per_split["valid" if valid else "train"].append(ids)
+        for split, docs in per_split.items():
+            if docs:
+                tokens, lengths = self._pack(docs)
+                writer.write(split, tokens, lengths)
+        return ok
+
+    def _pack(self, docs: list[list[int]]):
+        bos, eod = self.settings.bos_id, self.settings.eod_id
+        extra = (bos is not None) + (eod is not None)
+        lengths = np.fromiter((len(ids) + extra for ids in docs), dtype=np.int64, count=len(docs))
         tokens = np.empty(int(lengths.sum()), dtype=np.int64)
         position = 0
-        for ids in encoded:
-            if self.settings.bos_id is not None:
-                tokens[position] = self.settings.bos_id
+        for ids in docs:
+            if bos is not None:
+                tokens[position] = bos
                 position += 1
             tokens[position : position + len(ids)] = ids
             position += len(ids)
-            if self.settings.eod_id is not None:
-                tokens[position] = self.settings.eod_id
+            if eod is not None:
+                tokens[position] = eod
                 position += 1
         if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
-            raise DataToolError(f"{chunk.source}: token id {int(tokens.max())} does not fit the output dtype {self.dtype}")
-        result.tokens = tokens.astype(self.dtype)
-        result.lengths = lengths.astype(np.int32)
-        return result
+            raise DataToolError(f"token id {int(tokens.max())} does not fit the output dtype {self.dtype}")
+        return tokens.astype(self.dtype), lengths.astype(np.int32)
+
+    def __call__(self, piece: Piece) -> PieceResult:
+        """Process ``piece`` into part files; returns its statuses, lengths and first error."""
+        settings = self.settings
+        writer = _PieceWriter(settings, piece.index)
+        texts: list[str] = []
+        units: list[int] = []
+        batch_bytes = 0
+        first_line = piece.kind == LINES and piece.start == 0
+        for item in iter_units(piece):
+            if piece.kind == LINES:
+                code, text, message = self._from_line(item, first_line and not writer.status)
+            elif piece.kind == TXT:
+                code, text, message = self._from_file(item)
+            else:
+                code, text, message = self._from_record(item, "column")
+            if code in BAD_STATUSES and not settings.skip_bad:
+                # Everything before the bad record is written first, so the output is exactly
+                # that of a sequential run stopping here.
+                if self._flush(writer, texts, units):
+                    writer.error = (writer.mark(code), message)
+                return writer.result()
+            unit = writer.mark(code)
+            if code != TRAIN:
+                continue
+            texts.append(text)
+            units.append(unit)
+            batch_bytes += len(text)
+            if len(texts) >= settings.batch_docs or batch_bytes >= BATCH_BYTES:
+                if not self._flush(writer, texts, units):
+                    return writer.result()
+                texts, units, batch_bytes = [], [], 0
+        self._flush(writer, texts, units)
+        return writer.result()
 
 
-_WORKER: ChunkTokenizer | None = None
+_WORKER: PieceTokenizer | None = None
 
 
 def init_worker(settings: WorkerSettings) -> None:
     """Process-pool initializer: cap tokenizer threads, then load the tokenizer once."""
     global _WORKER
-    import os
-
     os.environ["RAYON_NUM_THREADS"] = str(settings.threads)
     os.environ["RAYON_RS_NUM_CPUS"] = str(settings.threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.threads > 1 else "false"
-    _WORKER = ChunkTokenizer(settings)
+    _WORKER = PieceTokenizer(settings)
 
 
-def tokenize_chunk(chunk: RawChunk) -> TokenizedChunk:
-    """Process-pool task: tokenize one chunk with the worker's tokenizer."""
+def tokenize_piece(piece: Piece) -> PieceResult:
+    """Process-pool task: process one piece with the worker's tokenizer."""
     assert _WORKER is not None, "init_worker was not called"
-    return _WORKER(chunk)
+    return _WORKER(piece)

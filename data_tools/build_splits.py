@@ -28,6 +28,8 @@ from collections import Counter, deque
 from multiprocessing import get_context
 
 from megaproc.synthetic.graph_search import MIN_INPUT_SIZE, GraphSearchGenerator
+from megaproc.files import sha256_file
+from megaproc.synthetic.splits import split_dir_name
 
 SPLITS = ("eval", "test", "mixin")
 SPLIT_STREAM_ID = 1          # held-out splits never share the training stream (stream_id 0)
@@ -61,11 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-def split_dir_name(max_input_size: int, max_lookahead: int, seed: int, symbolic: bool) -> str:
-    """``mis{n}_look{L}_seed{seed}``, with ``_symbolic`` appended for the symbolic form."""
-    return f"mis{max_input_size}_look{max_lookahead}_seed{seed}" + ("_symbolic" if symbolic else "")
 
 
 def _validate(args) -> None:
@@ -131,14 +128,6 @@ def _chunks(generator, workers: int, settings: tuple):
                 pending.append(pool.apply_async(_generate_chunk, (first,)))
                 first += CHUNK_SIZE
             yield pending.popleft().get()
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 64, seed: int = 12345,
@@ -230,7 +219,7 @@ def build_splits(out_dir: str, max_input_size: int = 384, max_lookahead: int = 6
         "lookahead_histogram": {name: {str(k): histograms[name][k] for k in sorted(histograms[name])}
                                 for name in SPLITS},
         "files": {name: f"{name}.jsonl" for name in SPLITS},
-        "sha256": {name: _sha256(os.path.join(tmp_dir, f"{name}.jsonl")) for name in SPLITS},
+        "sha256": {name: sha256_file(os.path.join(tmp_dir, f"{name}.jsonl")) for name in SPLITS},
         "build_seconds": round(time.time() - started, 2),
     }
     with open(os.path.join(tmp_dir, "meta.json"), "w", encoding="utf-8") as f:

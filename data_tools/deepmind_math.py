@@ -24,8 +24,10 @@ the same place; a newline exists in every tokenizer.  ``--merge-train`` writes t
 concatenation order does not matter).  Files are written under a temporary name and renamed
 when complete.
 
-Errors (one line, exit code 1): a missing input or split directory, a module file with an odd
-number of lines or an empty question/answer line (named with its line number).
+The reader itself is :mod:`megaproc.data.deepmind_math` (the evaluator uses it too); this
+module is the command line.  Errors (one line, exit code 2): a missing input or split
+directory, a module file with an odd number of lines or an empty question/answer line (named
+with its line number).
 """
 
 from __future__ import annotations
@@ -35,82 +37,20 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from data_tools._errors import DataToolError, run_cli
+from megaproc.data.deepmind_math import SEPARATOR, SPLITS, TRAIN_SPLITS, iter_split, module_files
+from megaproc.files import atomic_output
 
 PROG = "python -m data_tools.deepmind_math"
-TRAIN_SPLITS = ("train-easy", "train-medium", "train-hard")
-EVAL_SPLITS = ("interpolate", "extrapolate")
-SPLITS = TRAIN_SPLITS + EVAL_SPLITS
-SEPARATOR = "\n"
-
-
-def make_example(question: str, answer: str, module: str, split: str,
-                 separator: str = SEPARATOR) -> dict:
-    """The jsonl record of one question/answer pair (see the module docstring)."""
-    return {"prompt": question.strip() + separator, "answer": answer.strip(), "module": module,
-            "split": split}
-
-
-def module_files(split_dir: str | os.PathLike) -> list[Path]:
-    """The ``<module>.txt`` files of a split directory, in name order."""
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise DataToolError(f"split directory not found: {split_dir}")
-    return sorted(p for p in split_dir.glob("*.txt") if p.is_file())
-
-
-def read_pairs(path: str | os.PathLike, limit: int = 0) -> Iterator[tuple[str, str, int]]:
-    """``(question, answer, question_line)`` of a module file (first ``limit`` pairs if > 0).
-
-    The file must hold an even number of lines, none of them empty.
-    """
-    path = Path(path)
-    question, question_line, count, line_no = None, 0, 0, 0
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                kind = "question" if question is None else "answer"
-                raise DataToolError(f"{path}:{line_no}: empty {kind} line (questions and "
-                                    "answers must alternate, one per line)")
-            if question is None:
-                question, question_line = text, line_no
-                continue
-            yield question, text, question_line
-            question = None
-            count += 1
-            if limit and count >= limit:
-                return
-    if question is not None:
-        raise DataToolError(f"{path}: odd number of lines ({line_no}): questions and answers must "
-                            "alternate, one per line")
-
-
-def iter_split(root: str | os.PathLike, split: str, limit: int = 0,
-               separator: str = SEPARATOR) -> Iterator[dict]:
-    """Records of every module of ``root/split`` (``limit`` pairs per module when > 0)."""
-    files = module_files(Path(root) / split)
-    if not files:
-        raise DataToolError(f"{Path(root) / split}: no <module>.txt files")
-    for path in files:
-        for question, answer, _ in read_pairs(path, limit):
-            yield make_example(question, answer, path.stem, split, separator)
 
 
 def _write_jsonl(path: Path, records) -> int:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
+    with atomic_output(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

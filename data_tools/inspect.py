@@ -16,6 +16,7 @@ import numpy as np
 
 from data_tools._errors import DataToolError, run_cli
 from data_tools._meta import read_meta
+from data_tools._tokenizer import load_tokenizer
 from megaproc.data.indexed import IndexedDataset
 
 PROG = "data_tools.inspect"
@@ -64,8 +65,6 @@ def _peek(dataset: IndexedDataset, tokenizer_spec: str | None, num_tokens: int) 
     tokens = dataset.get(0, 0, min(num_tokens, int(dataset.sequence_lengths[0])))
     peek = {"first_tokens": tokens.tolist()}
     if tokenizer_spec:
-        from data_tools._tokenizer import load_tokenizer
-
         try:
             peek["first_tokens_decoded"] = load_tokenizer(tokenizer_spec).decode(tokens)
         except (DataToolError, OSError, ValueError) as exc:

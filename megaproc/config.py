@@ -150,6 +150,11 @@ class DataConfig:
     # Synthetic mixin: a .jsonl of prompt/answer examples or an indexed prefix.
     mixin: Optional[str] = None
     mixin_percent: float = 0.0
+    # The loss of the mixin's samples (the corpus keeps train.loss; null: train.loss too):
+    # "mean" (every token), "answer_word" (the answer's own tokens), "answer_only" (the answer
+    # and its eos) or "weighted" (answer tokens up-weighted) - to separate forgetting from what
+    # the mean loss trains besides the answer (the eos that contradicts longer paths).
+    mixin_loss: Optional[LossKind] = None
     # Where GPTDataset index caches go (default: next to each prefix, or the megaproc cache).
     cache_dir: Optional[str] = None
     # Built-in default corpus settings.
@@ -161,6 +166,8 @@ class DataConfig:
                 self.mixin_percent)
         require(self.mixin_percent == 0 or bool(self.mixin), "data.mixin",
                 "must be set when data.mixin_percent > 0")
+        require(self.mixin_loss is None or self.mixin_percent > 0, "data.mixin_loss",
+                "needs a mixin (data.mixin and data.mixin_percent > 0)", self.mixin_loss)
         require(0.0 <= self.valid_fraction < 1.0, "data.valid_fraction", "must be in [0, 1)",
                 self.valid_fraction)
         require_signs("data", self, positive=("default_vocab_size",))

@@ -73,6 +73,21 @@ def unlink_shm_buffers() -> None:
             pass
 
 
+def shutdown() -> None:
+    """Destroy the default process group (at the end of a run, after every rank is done with
+    it): a process that exits with the group alive may abort in the backend's teardown.
+
+    Through DeepSpeed's ``destroy_process_group``, which also drops the groups DeepSpeed cached
+    (its clone of the world group); torch's alone would leave those pointing at the destroyed
+    group, and the next group of the same process (tests, notebooks) would fail with "Group ...
+    is not registered"."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import deepspeed.comm  # the trainer's process group was set up through it
+
+    deepspeed.comm.destroy_process_group()
+
+
 def rank() -> int:
     """Global rank (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

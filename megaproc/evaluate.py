@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import torch
-import torch.distributed as dist
 
 from megaproc import distributed as dist_utils
 from megaproc.errors import UserError, one_line, run_cli
@@ -254,8 +253,8 @@ def _main(args) -> int:
         if dist_utils.rank() == 0:
             print(json.dumps(result, indent=2), flush=True)
     finally:
-        if launched and dist.is_initialized():
-            dist.destroy_process_group()
+        if launched:
+            dist_utils.shutdown()
     return 0
 
 

@@ -11,6 +11,7 @@ This module imports nothing of megaproc.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -75,6 +76,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2,
     dumps_kwargs.setdefault("default", str)
     return atomic_write_text(path, json.dumps(obj, indent=indent, **dumps_kwargs) + "\n",
                              fsync=fsync)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:

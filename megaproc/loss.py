@@ -156,6 +156,42 @@ def training_loss(kind: str, per_token: torch.Tensor, labels: torch.Tensor,
                                                 primary if alternatives else None, word_mask))
 
 
+def token_weights(kind: str, labels: torch.Tensor, answer_mask: torch.Tensor,
+                  word_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Float [B, T] per-token weights whose weighted mean is ``training_loss(kind, ...)`` of the
+    same rows (one answer per example): 1 on the tokens ``kind`` trains (``mean``,
+    ``answer_only``, ``answer_word``: :func:`training_mask`), :func:`answer_weights` for
+    ``weighted`` (``N`` and ``P`` counted over these rows)."""
+    if kind == "weighted":
+        return answer_weights(label_mask(labels), answer_mask if word_mask is None else word_mask)
+    return training_mask(kind, labels, answer_mask, word_mask=word_mask).to(torch.float32)
+
+
+def per_source_loss(kinds: dict[int, str], default_kind: str, sources: torch.Tensor,
+                    per_token: torch.Tensor, labels: torch.Tensor, answer_mask: torch.Tensor,
+                    word_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, trained mask)`` when rows of some blend sources train with their own loss.
+
+    ``kinds`` maps a source id to its loss kind (e.g. the synthetic mixin's ``data.mixin_loss``),
+    every other row uses ``default_kind`` (``train.loss``).  Each group of rows gets the
+    weights of its kind (:func:`token_weights`, normalised within the group as that kind
+    would be alone), and the loss is the weighted mean over the whole micro-batch: with one
+    kind throughout it equals :func:`training_loss` of that kind.
+    """
+    sources = sources.to(labels.device)
+    weights = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    groups = {kind: torch.zeros_like(sources, dtype=torch.bool) for kind in {default_kind,
+                                                                           *kinds.values()}}
+    for row_source in sources.unique().tolist():
+        groups[kinds.get(int(row_source), default_kind)] |= sources == row_source
+    for kind, rows in groups.items():
+        if rows.any():
+            weights[rows] = token_weights(kind, labels[rows], answer_mask[rows],
+                                          None if word_mask is None else word_mask[rows])
+    loss = (per_token * weights.to(per_token.dtype)).sum() / weights.sum().clamp(min=1e-9)
+    return loss, weights > 0
+
+
 def masked_sums(logits: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """float64 ``[loss_sum, tokens, correct]`` over ``mask`` (default: every label token).

@@ -36,6 +36,8 @@ from megaproc.config import load_config
 from megaproc.distributed import free_port
 from megaproc.errors import ConfigError, UserError, run_cli
 from megaproc.export import EXPORT_INFO_FILE
+from megaproc.files import atomic_write_json
+from megaproc.synthetic.splits import split_dir_name
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE = "PIPELINE_COMPLETE"
@@ -108,8 +110,6 @@ def split_settings(pptrain_config: str) -> dict:
 
 def step_splits(out: Path, args, settings: dict) -> Path:
     """Build the eval/test/mixin splits unless their meta.json exists."""
-    from data_tools.build_splits import split_dir_name
-
     split_dir = out / "data" / split_dir_name(settings["max_input_size"], settings["max_lookahead"],
                                               settings["seed"], settings["symbolic"])
     if (split_dir / "meta.json").is_file():
@@ -153,10 +153,7 @@ def step_evaluate(name: str, run_dir: Path, split_dir: Path, out: Path) -> dict:
     if proc.returncode != 0:
         raise PipelineError(f"evaluating {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, result_path)
+    atomic_write_json(result_path, result)
     split = result["split"]
     say(f"evaluate {name}: test accuracy {split['heldout_acc']:.4f}, answer loss "
         f"{split['heldout_loss']:.4f} on {split['num_examples']} examples")

@@ -23,7 +23,6 @@ pyplot's global state, so it is safe inside a training process.  A directory tha
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from megaproc.errors import UserError, run_cli
+from megaproc.files import atomic_output, read_jsonl
 
 VALIDATION_KEYS = ("val_loss", "val_ppl", "val_token_acc")
 BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "ewok_mean_accuracy")
@@ -38,22 +38,6 @@ BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "e
 
 class PlotError(UserError, ValueError):
     """The directory is not a run directory (reported as one line)."""
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Objects of a jsonl log; missing file -> []; unparsable lines are skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -75,9 +59,8 @@ def _axes_plot(ax, steps, values, label: str) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(temp, dpi=110, bbox_inches="tight")
-    os.replace(temp, path)
+    with atomic_output(path) as temp:
+        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
     return path
 
 

@@ -47,11 +47,14 @@ def run(argv=None) -> int:
         print(to_yaml(cfg), end="")
         return 0
     dist_utils.init_distributed(args.local_rank)
-    trainer = Trainer(cfg)
     try:
-        return trainer.train()
+        trainer = Trainer(cfg)
+        try:
+            return trainer.train()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        dist_utils.shutdown()
 
 
 def main(argv=None) -> None:

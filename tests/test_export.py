@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from megaproc import distributed as dist_utils
+
 from megaproc.export import (
     ExportError,
     export_checkpoint,
@@ -52,7 +54,7 @@ def process_group():
     # Leave no launcher variables (and no bound store port) behind: later tests start training
     # subprocesses that would inherit them and try to bind the same port.
     if created:
-        dist.destroy_process_group()
+        dist_utils.shutdown()  # also drops DeepSpeed's cached groups for the next module
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -25,6 +25,7 @@ import os
 import shutil
 import struct
 import uuid
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -269,6 +270,28 @@ def content_fingerprint(*paths: str, edge: int = 65536) -> str:
     return digest.hexdigest()[:16]
 
 
+def write_index(handle, dtype, sequence_count: int, length_chunks: Callable[[], Iterable[np.ndarray]],
+                document_index_count: int, document_index_chunks: Iterable[np.ndarray]) -> None:
+    """Write a complete ``.idx`` to the binary ``handle`` from chunks, never the whole arrays.
+
+    ``length_chunks()`` is called twice (the lengths, then the pointers derived from them) and
+    must yield the same int32 sequence lengths each time; ``document_index_chunks`` yields the
+    int64 document indices.  The counts go into the header, so they must match the chunks.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    handle.write(HEADER_STRUCT.pack(MAGIC, VERSION, dtype_code(dtype), sequence_count, document_index_count))
+    for chunk in length_chunks():
+        handle.write(np.ascontiguousarray(chunk, dtype=np.int32).data)
+    running = 0
+    for chunk in length_chunks():
+        sizes = np.asarray(chunk, dtype=np.int64) * itemsize
+        pointers = np.cumsum(sizes) - sizes + running
+        running += int(sizes.sum())
+        handle.write(pointers.data)
+    for chunk in document_index_chunks:
+        handle.write(np.ascontiguousarray(chunk, dtype=np.int64).data)
+
+
 class _GrowingArray:
     """Append-only numpy array with amortised doubling (no per-element Python objects)."""
 
@@ -410,15 +433,11 @@ class IndexedDatasetBuilder:
     def _write_index(self, handle) -> None:
         lengths = self._lengths.view()
         doc_indices = self._document_indices.view()
-        handle.write(HEADER_STRUCT.pack(MAGIC, VERSION, dtype_code(self.dtype), len(lengths), len(doc_indices)))
-        handle.write(lengths.data)
-        running = 0
-        for start in range(0, len(lengths), _POINTER_CHUNK):
-            chunk = lengths[start : start + _POINTER_CHUNK].astype(np.int64) * self.dtype.itemsize
-            pointers = np.cumsum(chunk) - chunk + running
-            running += int(chunk.sum())
-            handle.write(pointers.data)
-        handle.write(doc_indices.data)
+
+        def length_chunks():
+            return (lengths[start : start + _POINTER_CHUNK] for start in range(0, len(lengths), _POINTER_CHUNK))
+
+        write_index(handle, self.dtype, len(lengths), length_chunks, len(doc_indices), [doc_indices])
 
     def finalize(self) -> None:
         """Write the index and atomically move ``PREFIX.bin`` and ``PREFIX.idx`` into place."""

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from megaproc.data.deepmind_math import DeepMindMathError, make_example, module_files, read_pairs
 from megaproc.eval.evaluator import BatchSize, EvalContext, EvalResult, rows_per_batch
 from megaproc.eval.forward import LogitsFn
 from megaproc.eval.rows import EvalInputError, json_rows, right_padded
@@ -105,9 +106,6 @@ def load_examples(path: str | Path, per_module: int = 0) -> list[PromptAnswer]:
             for file in converted:
                 _read_jsonl(file, per_module, examples)
         elif raw:
-            from data_tools._errors import DataToolError
-            from data_tools.deepmind_math import make_example, module_files, read_pairs
-
             try:
                 for split in raw:
                     for file in module_files(path / split):
@@ -115,7 +113,7 @@ def load_examples(path: str | Path, per_module: int = 0) -> list[PromptAnswer]:
                             record = make_example(question, answer, file.stem, split)
                             examples.append(_parse(record, f"{file}:{line}", str(file), line,
                                                    split))
-            except DataToolError as exc:
+            except DeepMindMathError as exc:
                 raise EvalInputError(str(exc)) from None
         else:
             raise EvalInputError(f"{path}: no interpolate/extrapolate .jsonl files or split "

@@ -8,7 +8,8 @@ Data
     Validation: ``data.valid`` or a held-out document range of each indexed train prefix.
 Loss
     ``train.loss`` over next-token predictions (``mean`` for corpora, ``answer_only`` for
-    DeepMind Mathematics prompt/answer files).
+    DeepMind Mathematics prompt/answer files); the mixin's rows train with ``data.mixin_loss``
+    when it is set (e.g. ``answer_word``: only the answer, not the eos or the prompt).
 Hooks
     validation loss (when there is a validation set), held-out graph-search accuracy every
     ``task.eval_every`` steps when ``task.splits_dir`` is set (pretraining with the mixin), plus
@@ -21,13 +22,16 @@ import hashlib
 import os
 
 from megaproc.config import data_sources
-from megaproc.data.build import build_train_valid, is_prompt_answer_file
+from megaproc.data.build import MIXIN_NAME, build_train_valid, is_prompt_answer_file
 from megaproc.data.default_corpus import default_corpus_paths
 from megaproc.data.indexed import IndexedDataset, content_fingerprint
 from megaproc.data.sources import IndexedBatchSource
 from megaproc.errors import ConfigError
 from megaproc.hooks import HeldoutLog, TaskEvalHook, build_heldout_evaluator
-from megaproc.runs.base import CausalLMRun, HookInputs, check_path, check_tokenizer_path
+from megaproc.loss import per_source_loss, token_cross_entropy
+from megaproc.models.sliced_head import forward_logits
+from megaproc.runs.base import (CausalLMRun, HookInputs, StepLoss, check_path,
+                                check_tokenizer_path)
 
 
 def _file_or_prefix_fingerprint(path: str) -> str:
@@ -51,6 +55,7 @@ class LMRun(CausalLMRun):
     """Indexed (or prompt/answer) data blended with the optional mixin."""
 
     name = "lm"
+    source_losses: dict[int, str] = {}  # blend source id -> its own loss kind (build_data)
 
     def resolve(self, world_size: int, check_files: bool = True) -> None:
         """Typed data sources (the built-in corpus when ``data.train`` is empty), the tokenizer
@@ -109,11 +114,30 @@ class LMRun(CausalLMRun):
         # says how many samples the run needs at least.
         global_batch = t.micro_batch * t.grad_accum * world_size
         valid_samples = cfg.eval.max_batches * t.micro_batch * world_size
-        train, valid, _ = build_train_valid(cfg.data, tokenizer, t.seq_len, cfg.run.seed,
-                                            t.max_steps * global_batch, valid_samples)
+        train, valid, names = build_train_valid(cfg.data, tokenizer, t.seq_len, cfg.run.seed,
+                                                t.max_steps * global_batch, valid_samples)
+        mixin_loss = cfg.data.mixin_loss
+        # The mixin is the blend's last source; its rows may train with their own loss.
+        self.source_losses = {len(names) - 1: mixin_loss} \
+            if names[-1] == MIXIN_NAME and mixin_loss not in (None, t.loss) else {}
         source = IndexedBatchSource(train, t.micro_batch, t.grad_accum, world_size, rank, pad_id,
                                     t.seq_len)
         return source, valid
+
+    def forward_loss(self, engine, batch: dict, device) -> StepLoss:
+        """The causal-LM losses; rows of the mixin train with ``data.mixin_loss`` when it
+        differs from ``train.loss`` (:func:`~megaproc.loss.per_source_loss`, full head)."""
+        if not self.source_losses or not bool(
+                (batch["source"] == next(iter(self.source_losses))).any()):
+            return super().forward_loss(engine, batch, device)
+        labels = batch["labels"].to(device)
+        logits = forward_logits(engine, batch["input_ids"].to(device),
+                                batch["attention_mask"].to(device), None)
+        per_token = token_cross_entropy(logits, labels)
+        loss, mask = per_source_loss(self.source_losses, self.cfg.train.loss, batch["source"],
+                                     per_token, labels, batch["answer_mask"].to(device),
+                                     batch["word_mask"].to(device))
+        return StepLoss(loss, per_token, mask, logits)
 
     def workflow_hooks(self, inputs: HookInputs):
         """Held-out task accuracy every ``task.eval_every`` steps (pretraining with the mixin)."""

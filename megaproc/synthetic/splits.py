@@ -14,6 +14,12 @@ import os
 SPLIT_NAMES = ("eval", "test", "mixin")
 
 
+def split_dir_name(max_input_size: int, max_lookahead: int, seed: int, symbolic: bool) -> str:
+    """``mis{n}_look{L}_seed{seed}``, with ``_symbolic`` appended for the symbolic form: the
+    directory ``data_tools.build_splits`` writes under ``--out-dir`` for these settings."""
+    return f"mis{max_input_size}_look{max_lookahead}_seed{seed}" + ("_symbolic" if symbolic else "")
+
+
 def load_split(path: str | os.PathLike) -> list[dict]:
     """Read a split ``.jsonl`` file (one example dict per line)."""
     with open(path, encoding="utf-8") as f:

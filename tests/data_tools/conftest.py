@@ -124,3 +124,31 @@ def dataset_documents(prefix) -> list[list[int]]:
 def output_files(directory: Path, stem: str) -> list[str]:
     """Every file in ``directory`` whose name starts with ``stem`` (complete or temporary)."""
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(stem))
+
+
+def preprocess_main(*args) -> None:
+    """Run data_tools.preprocess in this process (quicker than a subprocess; bad input raises
+    DataToolError instead of exiting 2 -- the exit codes are tested through :func:`run_tool`)."""
+    from data_tools.preprocess import main
+
+    assert main([str(a) for a in args]) == 0
+
+
+def merge_main(prefixes, output_prefix) -> None:
+    """The by-hand route's second half: ``data_tools.merge`` of ``prefixes`` in this order."""
+    from data_tools.merge import merge
+
+    merge([str(p) for p in prefixes], str(output_prefix))
+
+
+@pytest.fixture()
+def hf_home(tmp_path, monkeypatch):
+    """An empty HF home (datasets cache) for this test and the processes it starts."""
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
+    import datasets.config
+
+    # datasets reads the variable once, at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    return home

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_tools._errors import DataToolError
+from megaproc.data.deepmind_math import DeepMindMathError
 from data_tools.deepmind_math import convert
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_bad_module_files(tmp_path, content, message):
     raw = make_raw(tmp_path / "raw", splits=("interpolate",))
     bad = raw / "interpolate" / "algebra__linear_1d.txt"
     bad.write_text(content)
-    with pytest.raises(DataToolError, match=re.escape(message)) as info:
+    with pytest.raises(DeepMindMathError, match=re.escape(message)) as info:
         convert(raw, tmp_path / "out")
     assert str(bad) in str(info.value)
     assert not (tmp_path / "out" / "interpolate.jsonl").exists()  # nothing half-written

@@ -60,7 +60,8 @@ def test_round_trip_every_input_format(tmp_path, fmt, workers, corpus, tokenizer
     preprocess(tokenizer_dir, source, out, "--append-eod", workers=workers).check_returncode()
     assert dataset_documents(out) == expected_ids(reference_tokenizer, corpus, eod=True)
     meta = json.loads((tmp_path / "out.meta.json").read_text())
-    assert meta["input"]["format"] == fmt
+    # a directory of .txt files is read as the .txt documents below it (format "txt")
+    assert meta["input"]["format"] == {"txt_dir": "txt"}.get(fmt, fmt)
     assert meta["documents"] == len(corpus) and meta["vocab_size"] == reference_tokenizer.get_vocab_size()
     assert meta["tokens"] == IndexedDataset(str(out)).num_tokens
     assert meta["dtype"] == "uint16" and meta["tokenizer"] == str(tokenizer_dir)
