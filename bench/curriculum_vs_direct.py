@@ -77,7 +77,7 @@ def train(name: str, args, out: Path, split_dir: Path, overrides: list[str]) -> 
            f"checkpoint.save_every={args.steps}", "checkpoint.resume=none",
            f"task.max_input_size={args.max_input_size}", f"task.max_lookahead={args.max_lookahead}",
            "task.natural_language=false", f"task.seed={args.task_seed}",
-           f"task.splits_dir={split_dir}", f"curriculum.eval_subset_size={args.eval_size}",
+           f"task.splits_dir={split_dir}", f"task.eval_subset_size={args.eval_size}",
            *overrides, *args.overrides]
     for attempt in range(1, args.retries + 2):
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -461,6 +461,8 @@ RENAMED_KEYS = {"curriculum.eval_subset_size": "task.eval_subset_size"}
 
 
 def _apply_renames(data: dict) -> None:
+    """Move values given under an old key name to the new one (the old name wins when both are
+    given: it can only have been written on purpose)."""
     for old, new in RENAMED_KEYS.items():
         old_section, old_key = old.split(".")
         section = data.get(old_section)
@@ -468,10 +470,9 @@ def _apply_renames(data: dict) -> None:
             continue
         new_section, new_key = new.split(".")
         target = data.setdefault(new_section, {})
-        if isinstance(target, dict) and new_key in target and target[new_key] != section[old_key]:
-            raise ConfigError(f"config keys '{old}' (old name) and '{new}' disagree; set '{new}'")
-        if isinstance(target, dict):
-            target[new_key] = section.pop(old_key)
+        if not isinstance(target, dict):
+            raise ConfigError(f"config key '{new_section}' must be a mapping")
+        target[new_key] = section.pop(old_key)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -114,3 +114,10 @@ def test_config_module_imports_nothing_of_megaproc_but_errors_and_its_parser():
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     assert {m for m in imported if m and m.startswith("megaproc")} == {"megaproc.errors",
                                                                        "megaproc.config_parsing"}
+
+
+def test_renamed_key_is_still_accepted_under_its_old_name(tmp_path):
+    # curriculum.eval_subset_size sized the held-out evaluation of non-curriculum runs too.
+    assert load_config(None, ["curriculum.eval_subset_size=64"]).task.eval_subset_size == 64
+    recipe = write(tmp_path / "r.yaml", {"task": {"eval_subset_size": 200}})
+    assert load_config(recipe, ["curriculum.eval_subset_size=16"]).task.eval_subset_size == 16

@@ -32,7 +32,7 @@ def test_window_accuracy_gates_the_stage_advance(tmp_path):
         "train.grad_accum=1", "optim.lr=3e-3",
         "model.config_overrides=num_hidden_layers=2,num_attention_heads=8,rotary_pct=1.0",
         "checkpoint.save_every=0", "curriculum.curr_threshold=0.7", "curriculum.curr_window=64",
-        "curriculum.curr_check_every=5", "curriculum.eval_subset_size=64"], config=PPTRAIN)
+        "curriculum.curr_check_every=5", "task.eval_subset_size=64"], config=PPTRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     train = read_jsonl(out / "logs" / "train.jsonl")
     advanced = [r["step"] for r in train if r["stage"] == 2]

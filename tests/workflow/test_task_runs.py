@@ -35,7 +35,7 @@ def pptrain_overrides(out: Path, splits: str, max_steps: int) -> list[str]:
                    "checkpoint.keep_last_k=0", "task.max_input_size=26", "task.max_lookahead=3",
                    f"task.splits_dir={splits}", "curriculum.curr_window=12",
                    "curriculum.curr_check_every=2", "curriculum.curr_threshold=0.0",
-                   "curriculum.eval_subset_size=16", "schedule.kind=warmup_constant"]
+                   "task.eval_subset_size=16", "schedule.kind=warmup_constant"]
 
 
 def train(overrides: list[str], config: str) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def runs(tmp_path_factory, symbolic_splits):
     out["pretrain_proc"] = train(FAST + [
         f"run.out_dir={pretrain}", "model.config_overrides=", f"model.init_from=latest:{straight}",
         f"data.mixin={symbolic_splits}/mixin.jsonl", "data.mixin_percent=0.1",
-        f"task.splits_dir={symbolic_splits}", "task.eval_every=5", "curriculum.eval_subset_size=16",
+        f"task.splits_dir={symbolic_splits}", "task.eval_every=5", "task.eval_subset_size=16",
         "train.max_steps=10", "checkpoint.save_every=0"], PRETRAIN)
     out.update(straight=straight, resumed=resumed, pretrain=pretrain, tmp=tmp, splits=symbolic_splits)
     return out
