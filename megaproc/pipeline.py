@@ -36,10 +36,10 @@ from megaproc.config import load_config
 from megaproc.distributed import free_port
 from megaproc.errors import ConfigError, UserError, run_cli
 from megaproc.export import EXPORT_INFO_FILE
-from megaproc.files import atomic_write_json
+from megaproc.files import REPO_ROOT, atomic_write_json
 from megaproc.synthetic.splits import split_dir_name
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 COMPLETE = "PIPELINE_COMPLETE"
 
 
