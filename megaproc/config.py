@@ -159,6 +159,21 @@ class DataConfig:
     cache_dir: Optional[str] = None
     # Built-in default corpus settings.
     default_vocab_size: int = 2048
+    # Document masking of packed samples, as Megatron-LM's switches of the same names
+    # (megaproc/data/document_mask.py); documents end with the tokenizer's EOS (the EOD).
+    # Positions restart at 0 after every EOD:
+    reset_position_ids: bool = False
+    # No attention across an EOD (a block-diagonal causal mask; lm runs of GPT-2, GPT-NeoX,
+    # Llama and Qwen3 models with sdpa, eager or flash attention):
+    reset_attention_mask: bool = False
+    # No loss where the *input* is an EOD, i.e. on predicting the first token of the next
+    # document (Megatron's loss_mask[tokens == eod] = 0); predicting the EOD itself still trains.
+    eod_mask_loss: bool = False
+
+    @property
+    def document_masking(self) -> bool:
+        """Whether any of the three document-masking switches is on."""
+        return self.reset_position_ids or self.reset_attention_mask or self.eod_mask_loss
 
     def validate(self) -> None:
         """Ranges, the mixin pairing and the shape of the source entries."""

@@ -16,6 +16,8 @@ the evaluator and holding its metrics under the names ``logs/eval.jsonl`` uses:
 ``--split S.jsonl``      ``"split": {path, heldout_acc, heldout_loss, num_examples, num_dropped,
                          by_lookahead}`` (:mod:`megaproc.eval.task_accuracy`)
 ``--prefix P``           ``"prefix": {path, seq_len, val_loss, val_ppl, val_token_acc, num_tokens}``
+                         (``--reset-position-ids --reset-attention-mask --eod-mask-loss``:
+                         the document masking of training, also for ``--hf-dataset``)
 ``--hf-dataset DIR``     ``"hf_dataset": {path, split, column, seq_len, val_loss, ...}``
                          (:mod:`megaproc.eval.lm_windows`; ``--max-batches 0``: the whole split)
 ``--hellaswag F.jsonl``  ``"hellaswag": {path, hellaswag_acc, hellaswag_acc_norm,
@@ -60,7 +62,7 @@ from megaproc.eval.ewok import EwokEvaluator
 from megaproc.eval.exact_match import DmMathEvaluator
 from megaproc.eval.forward import ModelForward, context_length
 from megaproc.eval.hellaswag import HellaswagEvaluator
-from megaproc.eval.lm_windows import HFDatasetEvaluator, PrefixEvaluator
+from megaproc.eval.lm_windows import DOCUMENT_FLAGS, HFDatasetEvaluator, PrefixEvaluator
 from megaproc.eval.model_loading import (check_model_source, dtype_name, load_eval_model,
                                          load_eval_tokenizer, resolve_device, resolve_dtype)
 from megaproc.eval.task_accuracy import SplitEvaluator
@@ -131,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the model's context)")
     parser.add_argument("--max-batches", type=int, default=20,
                         help="--prefix/--hf-dataset batches (default 20; 0 = the whole split)")
+    documents = parser.add_argument_group(
+        "document masking of --prefix/--hf-dataset windows (as data.reset_position_ids, "
+        "data.reset_attention_mask, data.eod_mask_loss in training; EOD = the tokenizer's EOS)")
+    documents.add_argument("--reset-position-ids", action="store_true",
+                           help="positions restart at 0 after every EOD")
+    documents.add_argument("--reset-attention-mask", action="store_true",
+                           help="no attention across an EOD (block-diagonal causal mask)")
+    documents.add_argument("--eod-mask-loss", action="store_true",
+                           help="no loss where the input is an EOD (Megatron's eod_mask_loss)")
     parser.add_argument("--batch-size", type=_batch_size, default=16,
                         help="rows per forward, or auto: the largest that fits (default 16)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when "
@@ -157,8 +168,16 @@ def check_args(args) -> None:
     if args.items_out and not (args.split or args.hellaswag or args.dm_math
                                or args.ewok is not None):
         raise EvaluateError("--items-out needs --split, --hellaswag, --ewok or --dm-math")
+    if any(document_switches(args).values()) and not (args.prefix or args.hf_dataset):
+        raise EvaluateError("--reset-position-ids / --reset-attention-mask / --eod-mask-loss "
+                            "need --prefix or --hf-dataset")
     if args.items_out and Path(args.items_out).is_dir():
         raise EvaluateError(f"--items-out {args.items_out} is a directory")
+
+
+def document_switches(args) -> dict:
+    """The document-masking switches of the command line (:mod:`megaproc.eval.lm_windows`)."""
+    return {key: bool(getattr(args, key)) for key in DOCUMENT_FLAGS}
 
 
 def build_evaluators(args) -> list[Evaluator]:
@@ -167,10 +186,12 @@ def build_evaluators(args) -> list[Evaluator]:
     if args.split:
         evaluators.append(SplitEvaluator.from_file(args.split, args.max_examples, args.seq_len))
     if args.prefix:
-        evaluators.append(PrefixEvaluator(args.prefix, args.seq_len, args.max_batches))
+        evaluators.append(PrefixEvaluator(args.prefix, args.seq_len, args.max_batches,
+                                          document_switches(args)))
     if args.hf_dataset:
         evaluators.append(HFDatasetEvaluator(args.hf_dataset, args.hf_split, args.text_key,
-                                             args.seq_len, args.max_batches))
+                                             args.seq_len, args.max_batches,
+                                             document_switches(args)))
     if args.hellaswag:
         evaluators.append(HellaswagEvaluator.from_file(args.hellaswag, args.max_examples,
                                                        args.add_bos))

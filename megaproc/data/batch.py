@@ -10,7 +10,9 @@ A *sample* is a dict produced by a dataset's ``__getitem__``:
 - ``word_mask`` (optional): the answer's own tokens, without that eos (what ``weighted``
   up-weights and what correctness checks); ``answer_mask`` when absent.
 
-:func:`collate` turns a list of samples into model-ready tensors, padding short samples.
+:func:`collate` turns a list of samples into model-ready tensors, padding short samples; with
+``documents`` (a :class:`megaproc.data.document_mask.DocumentMasking`) it adds the document
+masking of packed samples (``position_ids``, ``document_ids``, no loss on EOD inputs).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import torch
 IGNORE_INDEX = -100
 
 
-def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict], pad_id: int, pad_to: int | None = None,
+            documents=None) -> dict[str, torch.Tensor]:
     """Stack samples into a batch.
 
     Returns ``input_ids`` [B, T], ``labels`` [B, T] (``IGNORE_INDEX`` on padding),
     ``attention_mask`` [B, T], ``source`` [B], ``answer_mask`` and ``word_mask`` [B, T] (aligned
     with labels).
     ``T`` is ``pad_to - 1`` when given, else the longest sample minus one.
+    ``documents`` (a ``DocumentMasking`` or None) applies the document switches
+    (:mod:`megaproc.data.document_mask`); None leaves the batch as described.
     """
     lengths = [len(s["tokens"]) for s in samples]
     width = (pad_to if pad_to is not None else max(lengths)) - 1
@@ -52,7 +57,7 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
         if word_mask is not None:
             word[row, :n] = np.asarray(word_mask, dtype=bool)[1:]
         sources[row] = int(sample.get("source", 0))
-    return {
+    batch = {
         "input_ids": torch.from_numpy(input_ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(attention),
@@ -60,6 +65,8 @@ def collate(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict
         "word_mask": torch.from_numpy(word),
         "source": torch.from_numpy(sources),
     }
+    # Duck-typed (document_mask imports this module for IGNORE_INDEX, not the reverse).
+    return batch if documents is None else documents.apply(batch)
 
 
 def rank_sample_indices(consumed: int, micro_step: int, micro_batch: int, world_size: int,

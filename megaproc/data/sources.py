@@ -50,12 +50,13 @@ class IndexedBatchSource:
     one is built on a background thread while the model computes."""
 
     def __init__(self, dataset, micro_batch: int, grad_accum: int, world_size: int, rank: int,
-                 pad_id: int, seq_len: int, prefetch: bool = True):
+                 pad_id: int, seq_len: int, prefetch: bool = True, documents=None):
         self.dataset = dataset
         self.names = list(dataset.source_names)
         self.micro_batch, self.grad_accum = micro_batch, grad_accum
         self.world_size, self.rank = world_size, rank
         self.pad_id, self.seq_len = pad_id, seq_len
+        self.documents = documents  # document masking of the packed samples (or None)
         self._consumed = 0
         self._pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self._pending: dict[tuple[int, int], Future] = {}
@@ -74,7 +75,7 @@ class IndexedBatchSource:
         indices = rank_sample_indices(consumed, micro_step, self.micro_batch, self.world_size,
                                       self.rank)
         samples = [self.dataset[int(i)] for i in indices]
-        return collate(samples, self.pad_id, pad_to=self.seq_len + 1)
+        return collate(samples, self.pad_id, pad_to=self.seq_len + 1, documents=self.documents)
 
     def _next_key(self, consumed: int, micro_step: int) -> tuple[int, int]:
         if micro_step + 1 < self.grad_accum:

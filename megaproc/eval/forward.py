@@ -10,7 +10,8 @@ as it is, without adding causality or padding, and reaches the attention functio
 = may attend); ``eager`` *adds* it to the attention scores, so it must be an additive float
 mask (0 or the dtype's minimum).  Flash-attention and flex kernels take no such mask, and a
 sliding-window config would be ignored by a custom mask: for those the packed scorer is off and
-every continuation gets its own row.
+every continuation gets its own row.  Those rules, and the document masking of packed windows
+(``document_ids``), live in :mod:`megaproc.models.document_attention`, shared with training.
 
 :func:`eval_mode` is the one switch from training to evaluation mode (dropout off) and back.
 """
@@ -22,8 +23,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from megaproc.models.document_attention import kernel_mask, model_inputs, supports_block_mask
+
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default when the model config names no context length
-BLOCK_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 
 LogitsFn = Callable[..., torch.Tensor]
 
@@ -45,12 +47,6 @@ def context_length(model) -> int:
     return DEFAULT_MAX_LENGTH
 
 
-def _uses_sliding_window(config) -> bool:
-    if getattr(config, "use_sliding_window", None) is False:
-        return False
-    return bool(getattr(config, "sliding_window", None))
-
-
 class ModelForward:
     """``forward(input_ids, attention_mask, position_ids=None) -> logits`` of a HF causal LM or
     of a DeepSpeed engine wrapping one.
@@ -68,24 +64,18 @@ class ModelForward:
         self.attn_implementation = getattr(config, "_attn_implementation", None)
         parameter = next(iter(module.parameters()), None)
         self.dtype = parameter.dtype if parameter is not None else torch.float32
-        self.supports_block_mask = (self.attn_implementation in BLOCK_MASK_IMPLEMENTATIONS
-                                    and not _uses_sliding_window(config))
+        self.supports_block_mask = supports_block_mask(config)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        if position_ids is not None:
-            kwargs["position_ids"] = position_ids
-        return self.model(**kwargs).logits
+                 position_ids: torch.Tensor | None = None,
+                 document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = model_inputs(self.model, input_ids, attention_mask, position_ids, document_ids)
+        return inputs.logits(self.model(**inputs.kwargs, use_cache=False).logits)
 
     def block_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """``[B, 1, T, T]`` mask from a boolean ``[B, T, T]`` (query, key) "may attend" tensor:
         boolean for sdpa, additive (0 / dtype minimum) for eager attention."""
-        mask = allowed[:, None, :, :]
-        if self.attn_implementation == "eager":
-            additive = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
-            return additive.masked_fill_(~mask, torch.finfo(self.dtype).min)
-        return mask
+        return kernel_mask(allowed, self.attn_implementation, self.dtype)
 
 
 def hf_logits_fn(model) -> ModelForward:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from megaproc import distributed as dist_utils
+from megaproc.data.document_mask import document_inputs
 from megaproc.loss import label_mask, masked_sums
 
 PPL_CAP = 50.0  # exp() of a loss above this is reported as exp(50), not inf
@@ -61,15 +62,18 @@ def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: b
     ``True`` positions (:func:`megaproc.models.sliced_head.forward_logits`); same metrics.
 
     With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
-    are collective).
+    are collective).  A batch's document masking keys (``position_ids``, ``document_ids``)
+    reach ``logits_fn`` as keyword arguments.
     """
     metrics = LMMetrics(device)
     for batch in batches:
         inputs = (batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        documents = document_inputs(batch, device)
         labels = batch["labels"].to(device)
         if sliced and mask_key:
             positions = batch[mask_key].to(device).bool() & label_mask(labels)
-            metrics.add(logits_fn(*inputs, positions), labels[positions])
+            metrics.add(logits_fn(*inputs, positions, **documents), labels[positions])
         else:
-            metrics.add(logits_fn(*inputs), labels, batch[mask_key] if mask_key else None)
+            metrics.add(logits_fn(*inputs, **documents), labels,
+                        batch[mask_key] if mask_key else None)
     return metrics.result(reduce=reduce)

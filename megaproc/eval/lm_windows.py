@@ -17,6 +17,12 @@ evaluated, or every window of the split with ``max_batches=0``.  Batches are sha
 ranks by :func:`megaproc.eval.sharding.run_in_lockstep` and their ``[loss_sum, tokens,
 correct]`` sums added in batch order, so any number of ranks gives the same numbers.
 Metrics: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens`` (:func:`lm_summary`).
+
+Both take the document masking of training (``documents``: ``reset_position_ids``,
+``reset_attention_mask``, ``eod_mask_loss``, as ``python -m megaproc.evaluate
+--reset-position-ids --reset-attention-mask --eod-mask-loss``): a window spanning several
+documents is then scored as a run with ``data.reset_*`` / ``data.eod_mask_loss`` trains it
+(:mod:`megaproc.data.document_mask`; EOD = the tokenizer's EOS).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 from megaproc.data.batch import collate
 from megaproc.data.build import open_indexed
+from megaproc.data.document_mask import document_inputs, document_masking
 from megaproc.data.gpt_dataset import GPTDataset
 from megaproc.data.indexed import IndexedDataset
 from megaproc.eval.evaluator import EvalContext, EvalResult, rows_per_batch
@@ -35,6 +42,7 @@ from megaproc.eval.lm import lm_summary
 from megaproc.eval.rows import EvalInputError
 from megaproc.eval.sharding import run_in_lockstep
 from megaproc.loss import masked_sums
+from megaproc.models.document_attention import document_attention_problem
 from megaproc.tokenizer import pad_id as tokenizer_pad_id
 
 TOKENIZE_CHUNK = 256  # documents tokenized per call
@@ -46,20 +54,43 @@ def window_count(available: int, max_batches: int, rows: int) -> int:
     return available if max_batches == 0 else min(available, max_batches * rows)
 
 
+DOCUMENT_FLAGS = {"reset_position_ids": "--reset-position-ids",
+                  "reset_attention_mask": "--reset-attention-mask",
+                  "eod_mask_loss": "--eod-mask-loss"}
+
+
+def window_document_masking(ctx: EvalContext, switches: dict | None):
+    """The :class:`~megaproc.data.document_mask.DocumentMasking` of the ``switches``
+    (``{"reset_position_ids": bool, ...}``) for ``ctx``'s tokenizer and model, or None when
+    none is on; a tokenizer without EOS or a model that cannot take them is one clear line."""
+    switches = {key: bool((switches or {}).get(key)) for key in DOCUMENT_FLAGS}
+    flags = " / ".join(flag for key, flag in DOCUMENT_FLAGS.items() if switches[key])
+    documents = document_masking(ctx.tokenizer, **switches, what=flags)
+    model = getattr(ctx.forward, "model", None)
+    config = getattr(getattr(model, "module", model), "config", None)
+    if documents is not None and config is not None:
+        problem = document_attention_problem(config, documents.reset_attention_mask)
+        if problem:
+            raise EvalInputError(f"{flags}: {problem}")
+    return documents
+
+
 @torch.no_grad()
 def window_metrics(ctx: EvalContext, sample, count: int, seq_len: int, rows: int,
-                   desc: str) -> dict:
+                   desc: str, documents=None) -> dict:
     """LM metrics of windows ``sample(0) .. sample(count - 1)`` (token arrays of ``seq_len``
-    tokens), ``rows`` windows per forward (collective over ``ctx``'s ranks)."""
+    tokens), ``rows`` windows per forward (collective over ``ctx``'s ranks), with the
+    document masking ``documents`` (a ``DocumentMasking`` or None)."""
     pad = tokenizer_pad_id(ctx.tokenizer)
     batches = [range(start, min(start + rows, count)) for start in range(0, count, rows)]
 
     def run(batch):
         indices = batch if batch is not None else range(1)
         tensors = collate([{"tokens": np.asarray(sample(i))} for i in indices], pad,
-                          pad_to=seq_len)
+                          pad_to=seq_len, documents=documents)
         logits = ctx.forward(tensors["input_ids"].to(ctx.device),
-                             tensors["attention_mask"].to(ctx.device))
+                             tensors["attention_mask"].to(ctx.device),
+                             **document_inputs(tensors, ctx.device))
         if batch is None:
             return None
         return masked_sums(logits, tensors["labels"].to(logits.device)).cpu().tolist()
@@ -83,11 +114,13 @@ class PrefixEvaluator:
 
     name = "prefix"
 
-    def __init__(self, prefix: str, seq_len: int = 0, max_batches: int = 20):
+    def __init__(self, prefix: str, seq_len: int = 0, max_batches: int = 20,
+                 documents: dict | None = None):
         if not IndexedDataset.exists(prefix):
             raise EvalInputError(f"--prefix {prefix}: indexed data not found "
                                  f"(expected {prefix}.bin and {prefix}.idx)")
         self.prefix, self.seq_len, self.max_batches = str(prefix), int(seq_len), int(max_batches)
+        self.documents = documents  # the document-masking switches (see the module docstring)
 
     def run(self, ctx: EvalContext) -> EvalResult:
         """Evaluate the windows (collective over ``ctx``'s ranks)."""
@@ -100,7 +133,7 @@ class PrefixEvaluator:
         if count == 0:
             raise EvalInputError(f"--prefix {self.prefix}: no samples of {length} tokens")
         metrics = window_metrics(ctx, lambda i: dataset[i]["tokens"], count, length, rows,
-                                 "prefix")
+                                 "prefix", window_document_masking(ctx, self.documents))
         return EvalResult(metrics, [], {"path": self.prefix, "seq_len": length})
 
 
@@ -163,9 +196,10 @@ class HFDatasetEvaluator:
     name = "hf_dataset"
 
     def __init__(self, path: str, split: str | None = None, text_key: str = "text",
-                 seq_len: int = 0, max_batches: int = 20):
+                 seq_len: int = 0, max_batches: int = 20, documents: dict | None = None):
         self.dataset, self.split, self.column = open_hf_dataset(path, split, text_key)
         self.path, self.seq_len, self.max_batches = str(path), int(seq_len), int(max_batches)
+        self.documents = documents  # the document-masking switches (see the module docstring)
 
     def run(self, ctx: EvalContext) -> EvalResult:
         """Tokenize, cut and evaluate the windows (collective over ``ctx``'s ranks)."""
@@ -178,7 +212,8 @@ class HFDatasetEvaluator:
         if count == 0:
             raise EvalInputError(f"--hf-dataset {self.path}: fewer than {length} tokens")
         metrics = window_metrics(ctx, lambda k: stream[k * step:k * step + length], count,
-                                 length, rows, "hf_dataset")
+                                 length, rows, "hf_dataset",
+                                 window_document_masking(ctx, self.documents))
         info = {"path": self.path, "column": self.column, "seq_len": length}
         if self.split is not None:
             info["split"] = self.split

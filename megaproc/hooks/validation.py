@@ -5,7 +5,8 @@ Rank ``r`` evaluates its slice of each global validation batch (the same slicing
 forwards (collective under ZeRO-3); the sums are all-reduced by :mod:`megaproc.eval.lm`.
 Records go to ``logs/eval.jsonl`` as ``step, val_loss, val_ppl, val_token_acc, num_tokens``
 (over the tokens that train with ``train.loss: answer_only`` or ``answer_word``:
-:data:`VALIDATION_MASK`).
+:data:`VALIDATION_MASK`).  A run with document masking (``data.reset_*``,
+``data.eod_mask_loss``) validates with it too.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ class ValidationHook(Hook):
 
     def __init__(self, eval_cfg, run_dir: Path, dataset, micro_batch: int, seq_len: int,
                  pad_id: int, rank: int, world_size: int, mask_key: str | None = None,
-                 sliced_head: bool = False):
+                 sliced_head: bool = False, documents=None):
         self.cfg = eval_cfg
         self.mask_key = mask_key
         self.sliced_head = sliced_head  # the head only at the mask_key positions
+        self.documents = documents  # the run's document masking (DocumentMasking or None)
         self.log = EvalLog(run_dir)
         self.dataset = dataset
         self.micro_batch, self.seq_len, self.pad_id = micro_batch, seq_len, pad_id
@@ -54,14 +56,14 @@ class ValidationHook(Hook):
         for b in range(count):
             indices = rank_sample_indices(0, b, self.micro_batch, self.world_size, self.rank)
             yield collate([self.dataset[int(i)] for i in indices], self.pad_id,
-                          pad_to=self.seq_len + 1)
+                          pad_to=self.seq_len + 1, documents=self.documents)
 
     def run(self, trainer) -> dict:
         """Evaluate with the engine in eval mode (dropout off); write and return the record."""
         engine = trainer.engine
         with eval_mode(engine), torch.no_grad():
-            metrics = lm_metrics(lambda ids, mask, positions=None:
-                                 forward_logits(engine, ids, mask, positions),
+            metrics = lm_metrics(lambda ids, mask, positions=None, **documents:
+                                 forward_logits(engine, ids, mask, positions, **documents),
                                  self.batches(), trainer.device, mask_key=self.mask_key,
                                  sliced=self.sliced_head)
         return self.log.write(trainer, metrics)

@@ -218,6 +218,21 @@ def load_pretrained(path: str | Path, vocab_size: int, overrides: str | dict = "
     return model
 
 
+def run_config(model_cfg: Any, vocab_size: int) -> PretrainedConfig:
+    """The HF config, attention implementation included, of the causal LM :func:`build_model`
+    builds from ``model_cfg`` (without building it): the preset's or the pretrained model's,
+    with the overrides applied."""
+    fields = _model_fields(model_cfg)
+    if not fields["pretrained_path"]:
+        return model_config(fields["name"], vocab_size, fields["config_overrides"],
+                            fields["max_position_embeddings"], fields["dropout"])
+    config, attn = _pretrained_config(Path(fields["pretrained_path"]), vocab_size,
+                                      fields["config_overrides"],
+                                      fields["max_position_embeddings"], fields["dropout"], {})
+    config._attn_implementation = attn or DEFAULT_ATTN_IMPLEMENTATION
+    return config
+
+
 def build_model(model_cfg: Any, vocab_size: int, zero3_init: bool = False,
                 ds_config: dict | str | None = None, *, bos_token_id: int | None = None,
                 eos_token_id: int | None = None,

@@ -31,6 +31,9 @@ Which positions (:func:`head_positions`)
     ``answer_only``: the answer tokens and their eos; ``answer_word``: the answer's tokens —
     each joined with ``word_mask`` and ``boundary_mask`` for the correctness check.
 
+A packed batch with document masking (:mod:`megaproc.models.document_attention`) goes through
+the same forward; under flash attention it is flattened into one row, and the positions with it.
+
 Sequence classification never needs this: its head already reads only the last token's hidden
 state (:class:`megaproc.models.classification.SequenceClassifier`).
 """
@@ -43,6 +46,7 @@ from contextlib import contextmanager
 import torch
 
 from megaproc.loss import label_mask, token_cross_entropy
+from megaproc.models.document_attention import model_inputs
 
 
 def head_positions(loss_kind: str, labels: torch.Tensor, answer_mask: torch.Tensor,
@@ -103,18 +107,24 @@ def gather_before_head(model, positions: torch.Tensor):
 
 
 def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   positions: torch.Tensor | None = None) -> torch.Tensor:
+                   positions: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None,
+                   document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Forward ``model`` (an HF causal LM or a DeepSpeed engine around one): logits [B, T, V],
-    or [N, V] at the ``True`` positions of ``positions`` [B, T] (see the module docstring)."""
+    or [N, V] at the ``True`` positions of ``positions`` [B, T] (see the module docstring).
+
+    ``position_ids`` / ``document_ids`` [B, T] are a packed batch's document masking
+    (:func:`megaproc.models.document_attention.model_inputs`); None for a plain batch."""
+    inputs = model_inputs(model, input_ids, attention_mask, position_ids, document_ids)
     if positions is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return inputs.logits(model(**inputs.kwargs).logits)
     positions = positions.to(input_ids.device).bool()
+    keep = inputs.keep(positions)
     if accepts_logits_to_keep(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       logits_to_keep=positions).logits
+        logits = model(**inputs.kwargs, logits_to_keep=keep).logits
     else:
-        with gather_before_head(model, positions):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with gather_before_head(model, keep):
+            logits = model(**inputs.kwargs).logits
     count = int(positions.sum())
     if logits.dim() != 2 or logits.size(0) != count:
         raise RuntimeError(f"{type(getattr(model, 'module', model)).__name__} returned logits "

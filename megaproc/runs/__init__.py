@@ -104,6 +104,7 @@ def resolve(cfg: Config, world_size: int = 1, check_files: bool = True) -> Confi
     resolved.run.kind = kind.name
     _resolve_grad_accum(resolved, world_size)
     kind.resolve(world_size, check_files)
+    kind.check_document_masking(check_files)
     _check_optional_packages(resolved)
     if check_files and not resolve_ds_config_path(resolved.deepspeed.config).is_file():
         raise ConfigError(f"config key 'deepspeed.config': file not found: "

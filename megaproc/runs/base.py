@@ -24,6 +24,8 @@ import torch
 from megaproc.config import Config
 from megaproc.console_log import get_logger
 from megaproc.data.default_corpus import default_corpus_paths, ensure_default_corpus
+from megaproc.data.document_mask import (data_document_masking, data_switch_keys,
+                                         document_inputs)
 from megaproc.errors import ConfigError
 from megaproc.hooks import (BenchmarkEvalHook, CheckpointHook, Hook, LoggingHook,
                             PreemptionHook, ValidationHook, validation_mask_key)
@@ -79,6 +81,14 @@ class RunKind:
     def resolve(self, world_size: int, check_files: bool = True) -> None:
         """Fill derived values into ``self.cfg`` and refuse what this workflow cannot run."""
 
+    def check_document_masking(self, check_files: bool = True) -> None:
+        """Refuse ``data.reset_position_ids`` / ``reset_attention_mask`` / ``eod_mask_loss``:
+        they split packed samples at EODs, and this workflow's rows are single examples."""
+        if self.cfg.data.document_masking:
+            raise ConfigError(f"config key {data_switch_keys(self.cfg.data)}: document "
+                              f"masking applies to packed indexed data (an lm run), not to a "
+                              f"{self.name} run")
+
     # ----------------------------------------------------------------- components
     def build_tokenizer(self):
         """The run's tokenizer."""
@@ -118,7 +128,9 @@ class RunKind:
                                         cfg.train.micro_batch, cfg.train.seq_len, inputs.pad_id,
                                         inputs.rank, inputs.world_size,
                                         mask_key=validation_mask_key(cfg.train.loss),
-                                        sliced_head=cfg.train.sliced_head))
+                                        sliced_head=cfg.train.sliced_head,
+                                        documents=data_document_masking(cfg.data,
+                                                                        inputs.tokenizer)))
         hooks += [LoggingHook(cfg.log, inputs.run_dir, cfg.train.max_steps),
                   CheckpointHook(cfg.checkpoint), PreemptionHook()]
         return hooks
@@ -186,6 +198,9 @@ class CausalLMRun(RunKind):
     def forward_loss(self, engine, batch: dict, device) -> StepLoss:
         """Next-token losses (``train.loss``: mean, weighted, answer_only, answer_word).
 
+        A batch with document masking (``data.reset_position_ids`` / ``reset_attention_mask``)
+        carries its position and document ids to the model; ``data.eod_mask_loss`` already
+        ignored the labels of EOD inputs (:mod:`megaproc.data.document_mask`).
         With ``train.sliced_head`` the LM head runs only where the loss and the correctness
         check read (:func:`~megaproc.models.sliced_head.head_positions`); hooks then get [N, V]
         logits at ``batch["head_positions"]``, and the losses equal the full head's.
@@ -201,7 +216,8 @@ class CausalLMRun(RunKind):
         if positions is not None:
             batch["head_positions"] = positions
         logits = forward_logits(engine, batch["input_ids"].to(device),
-                                batch["attention_mask"].to(device), positions)
+                                batch["attention_mask"].to(device), positions,
+                                **document_inputs(batch, device))
         per_token = sliced_token_cross_entropy(logits, labels, positions)
         loss = training_loss(kind, per_token, labels, answer, example_id, primary, word)
         mask = training_mask(kind, labels, answer, primary, word)

@@ -6,6 +6,8 @@ Data
     sources, :mod:`megaproc.data.default_corpus`), whose prefix and tokenizer the resolved config
     names.  ``data.mixin`` adds the synthetic mixin at ``data.mixin_percent`` of the samples.
     Validation: ``data.valid`` or a held-out document range of each indexed train prefix.
+    ``data.reset_position_ids`` / ``reset_attention_mask`` / ``eod_mask_loss``: document
+    masking of the packed samples (:mod:`megaproc.data.document_mask`), Megatron-LM's switches.
 Loss
     ``train.loss`` over next-token predictions (``mean`` for corpora, ``answer_only`` for
     DeepMind Mathematics prompt/answer files); the mixin's rows train with ``data.mixin_loss``
@@ -24,14 +26,22 @@ import os
 from megaproc.config import data_sources
 from megaproc.data.build import MIXIN_NAME, build_train_valid, is_prompt_answer_file
 from megaproc.data.default_corpus import default_corpus_paths
+from megaproc.data.document_mask import document_inputs
+from megaproc.data.document_mask import data_document_masking, data_switch_keys
 from megaproc.data.indexed import IndexedDataset, content_fingerprint
 from megaproc.data.sources import IndexedBatchSource
 from megaproc.errors import ConfigError
 from megaproc.hooks import HeldoutLog, TaskEvalHook, build_heldout_evaluator
 from megaproc.loss import per_source_loss, token_cross_entropy
+from megaproc.models.document_attention import document_attention_problem
+from megaproc.models.factory import run_config
 from megaproc.models.sliced_head import forward_logits
 from megaproc.runs.base import (CausalLMRun, HookInputs, StepLoss, check_path,
                                 check_tokenizer_path)
+
+
+# Any vocabulary size builds the model's config; only its type and attention kernel are read.
+DOCUMENT_CHECK_VOCAB = 64
 
 
 def _file_or_prefix_fingerprint(path: str) -> str:
@@ -96,6 +106,22 @@ class LMRun(CausalLMRun):
             check_path(self.cfg.task.splits_dir, "task.splits_dir", "splits directory",
                        check_files)
 
+    def check_document_masking(self, check_files: bool = True) -> None:
+        """The document-masking switches need a model family and an attention kernel that
+        take them (:func:`~megaproc.models.document_attention.document_attention_problem`)."""
+        data, model = self.cfg.data, self.cfg.model
+        if not data.document_masking:
+            return
+        if model.pretrained_path and not os.path.isdir(os.path.expanduser(model.pretrained_path)):
+            return  # check_files=False for a model a later run writes: checked when it is built
+        try:
+            config = run_config(model, DOCUMENT_CHECK_VOCAB)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'model': {exc}") from None
+        problem = document_attention_problem(config, data.reset_attention_mask)
+        if problem:
+            raise ConfigError(f"config key {data_switch_keys(data)}: {problem}")
+
     def data_fingerprint(self, tokenizer) -> str:
         """The content of every prefix and the mixin, the weights and blend settings."""
         data = self.cfg.data
@@ -121,7 +147,8 @@ class LMRun(CausalLMRun):
         self.source_losses = {len(names) - 1: mixin_loss} \
             if names[-1] == MIXIN_NAME and mixin_loss not in (None, t.loss) else {}
         source = IndexedBatchSource(train, t.micro_batch, t.grad_accum, world_size, rank, pad_id,
-                                    t.seq_len)
+                                    t.seq_len,
+                                    documents=data_document_masking(cfg.data, tokenizer))
         return source, valid
 
     def forward_loss(self, engine, batch: dict, device) -> StepLoss:
@@ -132,7 +159,8 @@ class LMRun(CausalLMRun):
             return super().forward_loss(engine, batch, device)
         labels = batch["labels"].to(device)
         logits = forward_logits(engine, batch["input_ids"].to(device),
-                                batch["attention_mask"].to(device), None)
+                                batch["attention_mask"].to(device), None,
+                                **document_inputs(batch, device))
         per_token = token_cross_entropy(logits, labels)
         loss, mask = per_source_loss(self.source_losses, self.cfg.train.loss, batch["source"],
                                      per_token, labels, batch["answer_mask"].to(device),
