@@ -93,6 +93,8 @@ class DataConfig:
     # Synthetic mixin: a .jsonl of prompt/answer examples or an indexed prefix.
     mixin: Optional[str] = None
     mixin_percent: float = 0.0
+    # Loss on the mixin's examples (the corpus keeps train.loss); names as in train.loss.
+    mixin_loss: Literal["mean", "answer_word", "answer_only", "weighted"] = "mean"
     # Where GPTDataset index caches go (default: next to each prefix, or the megaproc cache).
     cache_dir: Optional[str] = None
     # Built-in default corpus settings.
