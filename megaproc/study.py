@@ -29,6 +29,7 @@ from megaproc.errors import run_cli
 from megaproc.study_graph import describe, expand, validate
 from megaproc.study_results import summary_metrics, write_results
 from megaproc.study_runner import finish_run, node_status, run_local, study_lock, with_skipped
+from megaproc.study_slurm import submit_study
 from megaproc.study_spec import StudyError, load_spec
 from megaproc.sweep_jobs import format_table
 
@@ -97,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(graph, status, not args.no_plots)
         return 0
     if args.slurm:
-        from megaproc.study_slurm import submit_study
-
         submit_study(graph, Path(args.spec).resolve())
         return 0
     with study_lock(graph.out_dir):

@@ -34,7 +34,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from megaproc.files import REPO_ROOT, atomic_write_json, atomic_write_text
+from tqdm.auto import tqdm
+
+from megaproc.files import REPO_ROOT, atomic_write_json
 from megaproc.pipeline import train_command
 from megaproc.study_graph import SPLITS_BUILD, Node, StudyGraph
 from megaproc.study_spec import StudyError
@@ -51,8 +53,6 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 
 def say(message: str) -> None:
     """One study progress line (through tqdm, so it does not break a progress bar)."""
-    from tqdm.auto import tqdm
-
     tqdm.write(f"[study] {message}", file=sys.stdout)
     sys.stdout.flush()
 
@@ -218,40 +218,40 @@ def study_lock(out_dir: Path) -> Iterator[None]:
 def run_local(graph: StudyGraph, parallel: int = 1, progress: bool = True) -> dict:
     """Run every unfinished node (dependency order, ``parallel`` at a time); returns the
     status of every node after this invocation (``skipped`` below a failure)."""
-    from tqdm.auto import tqdm
-
     status = {n.node_id: node_status(n) for n in graph.nodes}
     todo = [n for n in graph.nodes if status[n.node_id] not in FINISHED_STATES]
     say(f"{graph.spec.name}: {len(todo)} of {len(graph.nodes)} nodes to run, "
         f"{len(graph.nodes) - len(todo)} already done, {parallel} at a time")
     bar = tqdm(total=len(todo), unit="run", desc="study", disable=not progress or not todo)
+    threads_per_process = max(1, (os.cpu_count() or 1) // parallel)
     running: dict = {}
-    cores = os.cpu_count() or 1
     stop = False
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
         while todo or running:
             for node in list(todo):
-                parents = [status[p] for p in node.parents]
-                if any(s in ("failed", "skipped", "interrupted") for s in parents) or stop:
+                blocked = [p for p in node.parents
+                           if status[p] in ("failed", "skipped", "interrupted")]
+                if stop or blocked:
+                    todo.remove(node)
                     if not stop:
                         status[node.node_id] = "skipped"
-                        say(f"{node.node_id}: skipped ({', '.join(node.parents)} did not finish)")
+                        say(f"{node.node_id}: skipped ({', '.join(blocked)} did not finish)")
                         bar.update(1)
+                elif len(running) < parallel and all(status[p] == "done" for p in node.parents):
                     todo.remove(node)
-                elif all(s == "done" for s in parents) and len(running) < parallel:
-                    threads = max(1, cores // (parallel * max(1, node.nproc)))
-                    say(f"{node.node_id}: {'evaluating' if status[node.node_id] == 'trained' else 'starting'}"
-                        f" ({node.nproc} process(es), log {node.directory / 'stdout.log'})")
+                    verb = "evaluating" if status[node.node_id] == "trained" else "starting"
+                    say(f"{node.node_id}: {verb} ({node.nproc} process(es), log "
+                        f"{node.directory / 'stdout.log'})")
+                    threads = max(1, threads_per_process // node.nproc)
                     running[pool.submit(run_node, node, status[node.node_id], threads)] = node
-                    todo.remove(node)
             if not running:
                 continue
             try:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:       # Ctrl-C reached the runs too: let them end
                 stop = True
                 continue
-            for future in done:
+            for future in finished_now:
                 node = running.pop(future)
                 status[node.node_id] = future.result()
                 stop = stop or status[node.node_id] == "interrupted"
