@@ -28,7 +28,8 @@ from typing import Sequence
 from megaproc.errors import run_cli
 from megaproc.study_graph import describe, expand, validate
 from megaproc.study_results import summary_metrics, write_results
-from megaproc.study_runner import finish_run, node_status, run_local, study_lock, with_skipped
+from megaproc.study_runner import (finish_run, node_status, run_local, settings_changed,
+                                   study_lock, with_skipped)
 from megaproc.study_slurm import submit_study
 from megaproc.study_spec import StudyError, load_spec
 from megaproc.sweep_jobs import format_table
@@ -91,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise StudyError("choose one of --dry-run, --slurm and --collect")
     graph = load_graph(args.spec, args.out_dir)
     status = {n.node_id: node_status(n) for n in graph.nodes}
+    for node in graph.nodes:
+        if status[node.node_id] in ("done", "trained") and settings_changed(node):
+            print(f"warning: {node.node_id} was trained with other settings than the spec gives "
+                  f"it now (see {node.directory / 'study_node.json'}); it is kept: delete its "
+                  "folder to train it again", file=sys.stderr)
     if args.dry_run:
         print(describe(graph, status))
         return 0

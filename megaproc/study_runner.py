@@ -73,6 +73,21 @@ def node_status(node: Node) -> str:
     return status
 
 
+def settings_changed(node: Node) -> bool:
+    """True when the node's study_node.json (written when it last ran) describes other
+    settings than the spec gives it now."""
+    path = node.directory / NODE_FILE
+    if not path.is_file():
+        return False
+    try:
+        before = json.loads(path.read_text())
+    except ValueError:
+        return True
+    now = node.to_json()
+    keys = ("kind", "recipe", "overrides", "evaluate", "splits", "nproc")
+    return any(before.get(k) != now[k] for k in keys)
+
+
 def with_skipped(graph: StudyGraph, status: dict) -> dict:
     """``status`` with every unfinished node below a failed one marked ``skipped``."""
     out = dict(status)
@@ -84,11 +99,13 @@ def with_skipped(graph: StudyGraph, status: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- one node
-def child_env(threads: int = 1) -> dict:
+def child_env(threads: int | None = None) -> dict:
     """Environment of a node's processes: this one without launcher variables, unbuffered
-    output, ``OMP_NUM_THREADS`` (unless set) and ``PYTHON`` for the SLURM job scripts."""
+    output, ``OMP_NUM_THREADS=threads`` unless set (SLURM jobs: left to launch/slurm_job.sh,
+    which uses the job's CPUs per task), and ``PYTHON``/``MEGAPROC_ROOT`` for the job scripts."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
     env.update(PYTHONUNBUFFERED="1", PYTHON=sys.executable, MEGAPROC_ROOT=str(REPO_ROOT))
     return env
 

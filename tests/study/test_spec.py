@@ -160,3 +160,22 @@ def test_shipped_studies_have_the_issue_s_arms():
 def test_study_error_is_a_user_error():
     with pytest.raises(StudyError):
         load_spec("/nonexistent/study.yaml")
+
+
+def test_a_finished_run_whose_settings_changed_is_kept_with_a_warning(tmp_path, capsys):
+    from megaproc.study_runner import write_node_file
+
+    spec = two_arm_spec()
+    graph = graph_of(tmp_path, spec)
+    node = graph.node("arms/attn__seed1")
+    node.directory.mkdir(parents=True)
+    write_node_file(node)
+    for name in ("DONE", "eval.json"):
+        (node.directory / name).write_text("{}")
+    spec["stages"][2]["overrides"]["optim.lr"] = 1e-4
+    path = write_spec(tmp_path / "study.yaml", spec)
+    assert run_cli(study_main, [str(path), "--out-dir", str(tmp_path / "out"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: arms/attn__seed1 was trained with other settings" in captured.err
+    assert "[       done] arms/attn__seed1" in captured.out
+    assert "arms/attn__seed2 was trained" not in captured.err
