@@ -100,18 +100,7 @@ class StudyGraph:
 
     def node(self, node_id: str) -> Node:
         """The node with id ``node_id``."""
-        return self._by_id()[node_id]
-
-    def _by_id(self) -> dict:
-        return {n.node_id: n for n in self.nodes}
-
-    def descendants(self, node_id: str) -> set:
-        """Ids of every node that (transitively) waits for ``node_id``."""
-        out: set = set()
-        for node in self.nodes:                 # dependency order: parents come first
-            if node_id in node.parents or out.intersection(node.parents):
-                out.add(node.node_id)
-        return out
+        return next(n for n in self.nodes if n.node_id == node_id)
 
     def varied_keys(self) -> list:
         """Keys of the training runs' points whose value is not the same in every run (a run

@@ -107,10 +107,6 @@ class StudySpec:
     slurm: dict = field(default_factory=dict)
     description: str = ""
 
-    def stage(self, name: str) -> StageSpec:
-        """The stage called ``name``."""
-        return next(s for s in self.stages if s.name == name)
-
 
 # ----------------------------------------------------------------------------- checks
 def _mapping(value: Any, where: str) -> dict:
