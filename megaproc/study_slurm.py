@@ -74,11 +74,13 @@ def job_state(job_id: str, env: dict) -> str:
     return proc.stdout.strip().split("\n")[0] if proc.returncode == 0 else ""
 
 
-def recorded_job(directory: Path, env: dict) -> str | None:
-    """The id of the node's job from an earlier submission, if that job is still queued or
-    running."""
+def recorded_job(directory: Path, env: dict, name: str = JOB_FILE,
+                 key: str | None = None) -> str | None:
+    """The id of a job from an earlier submission (``DIR/slurm_job.json``, or ``key`` of the
+    ``jobs`` in another file), if that job is still queued or running."""
     try:
-        job_id = str(json.loads((directory / JOB_FILE).read_text())["job_id"])
+        record = json.loads((directory / name).read_text())
+        job_id = str(record["jobs"][key] if key else record["job_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return job_id if job_state(job_id, env) in ACTIVE_STATES else None
@@ -117,6 +119,7 @@ def submit_study(graph: StudyGraph, spec_path: Path) -> dict:
     env = child_env()
     logs = out / "slurm"
     jobs: dict = {}
+    submitted = 0
     status = {n.node_id: node_status(n) for n in graph.nodes}
     for node in graph.nodes:
         if status[node.node_id] == "done":
@@ -126,6 +129,7 @@ def submit_study(graph: StudyGraph, spec_path: Path) -> dict:
             jobs[node.node_id] = reused
             say(f"{node.node_id}: job {reused} still queued or running, not resubmitted")
             continue
+        submitted += 1
         node.directory.mkdir(parents=True, exist_ok=True)
         write_node_file(node)
         for marker in ("FAILED", EVAL_FAILED):
@@ -145,7 +149,11 @@ def submit_study(graph: StudyGraph, spec_path: Path) -> dict:
         jobs[node.node_id] = job_id
         say(f"{node.node_id}: submitted job {job_id}"
             + (f" after {', '.join(waits)}" if waits else ""))
-    if jobs:
+    previous = recorded_job(out, env, "slurm_jobs.json", "collect")
+    if jobs and previous and not submitted:
+        jobs["collect"] = previous      # it already waits for every job there is
+        say(f"collect: job {previous} still waits for them, not resubmitted")
+    elif jobs:
         common = {k: v for k, v in sbatch_options(graph.spec.slurm).items()
                   if k not in RESOURCE_OPTIONS}
         options = sbatch_options(common, {"nodes": 1, "ntasks": 1, "cpus-per-task": 1})

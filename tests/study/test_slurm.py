@@ -46,9 +46,11 @@ def test_slurm_study_runs_jobs_with_dependencies_and_writes_results(slurm_cluste
             submitted = json.loads((out / arm / "slurm_job.json").read_text())
             assert submitted["after"] == [jobs["base/run"], jobs["splits"]]
             assert f"--dependency=afterok:{jobs['base/run']}:{jobs['splits']}" in submitted["args"]
-        collect = cluster.job(int(jobs["collect"])).get("Dependency", "")
-        assert collect.startswith("afterany:") and all(
-            jobs[k] in collect for k in ("base/run", "arms/everything", "arms/attn")), collect
+        # Rerunning while they are queued or running submits nothing and keeps their ids.
+        again = run_study(spec, out, "--slurm", timeout=120, SLURM_CONF=str(cluster.conf))
+        assert again.returncode == 0 and "submitted job" not in again.stdout, again.stdout
+        kept = json.loads((out / "slurm_jobs.json").read_text())["jobs"]   # less the finished
+        assert kept["collect"] == jobs["collect"] and kept.items() <= jobs.items(), (kept, jobs)
 
         end = cluster.wait_job(int(jobs["collect"]), ("COMPLETED", "FAILED", "CANCELLED"),
                                timeout=900)
@@ -60,6 +62,8 @@ def test_slurm_study_runs_jobs_with_dependencies_and_writes_results(slurm_cluste
         for arm in ("arms/everything", "arms/attn"):
             assert started_and_ended(cluster, jobs[arm])[0] >= parents_end
             assert (out / arm / "DONE").is_file()
+        last_end = max(started_and_ended(cluster, jobs[k])[1] for k in jobs if k != "collect")
+        assert started_and_ended(cluster, jobs["collect"])[0] >= last_end   # afterany on all
         base_log = (out / "slurm" / f"{jobs['base/run']}_slurmy.base.run.out").read_text()
         assert "srun launcher" in base_log          # trained through launch/slurm_job.sh
 
@@ -75,7 +79,7 @@ def test_slurm_study_runs_jobs_with_dependencies_and_writes_results(slurm_cluste
 
         # Rerunning submits nothing: every run is done.
         again = run_study(spec, out, "--slurm", timeout=120, SLURM_CONF=str(cluster.conf))
-        assert again.returncode == 0 and "submitted" not in again.stdout, again.stdout
+        assert again.returncode == 0 and "submitted job" not in again.stdout, again.stdout
     finally:
         cluster.cancel_all()
 
