@@ -59,7 +59,7 @@ def test_shared_parent_trained_once_rerun_trains_nothing(tmp_path):
 
 
 def test_killed_study_resumes_the_interrupted_run_from_its_checkpoint(tmp_path):
-    steps = 40
+    steps = 200     # far more than the step the study is killed after
     spec = {"name": "resume", "stages": [
         {"name": "long", "recipe": QUICKSTART,
          "overrides": {**TINY, "train.max_steps": steps, "checkpoint.save_every": 5,

@@ -86,7 +86,7 @@ def test_slurm_study_runs_jobs_with_dependencies_and_writes_results(slurm_cluste
 
 def test_preempted_study_job_requeues_resumes_and_evaluates(slurm_cluster, tmp_path):  # noqa: F811
     cluster = slurm_cluster
-    steps = 60
+    steps = 300     # enough that the signal, relayed twice, lands well before the end
     spec = {"name": "pre", "slurm": JOB, "stages": [
         {"name": "splits", "splits": dict(SPLITS)},
         {"name": "long", "recipe": QUICKSTART, "evaluate": dict(EVALUATE),
