@@ -104,12 +104,13 @@ class Job:
 
 
 # ----------------------------------------------------------------------------- the file
-def _resolve(path: str, sweep_dir: Path, what: str) -> Path:
-    """A path as given (cwd), else next to the sweep file, else in the repository."""
-    for candidate in (Path(path).expanduser(), sweep_dir / path, REPO_ROOT / path):
+def resolve_path(path: str, near: Path, what: str) -> Path:
+    """A path as given (cwd), else relative to the folder ``near`` (the sweep or study file's),
+    else in the repository; a :class:`ConfigError` ``"<what>: <path> not found"`` otherwise."""
+    for candidate in (Path(path).expanduser(), near / path, REPO_ROOT / path):
         if candidate.exists():
             return candidate.resolve()
-    raise ConfigError(f"sweep key '{what}': {path} not found")
+    raise ConfigError(f"{what}: {path} not found")
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
@@ -144,8 +145,9 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         launcher = shlex.split(launcher)
     sweep_dir = path.resolve().parent
     seed_style = "recipe" not in data
-    recipe = _resolve(data.get("recipe") or BASE_RECIPE, sweep_dir, "recipe")
-    program = _resolve(data.get("program") or DEFAULT_PROGRAM, sweep_dir, "program")
+    recipe = resolve_path(data.get("recipe") or BASE_RECIPE, sweep_dir, "sweep key 'recipe'")
+    program = resolve_path(data.get("program") or DEFAULT_PROGRAM, sweep_dir,
+                           "sweep key 'program'")
     slurm = data.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ConfigError("sweep key 'slurm' must be a mapping of sbatch options")
@@ -199,24 +201,35 @@ def expand_jobs(sweep: Sweep) -> list[Job]:
     return jobs
 
 
+def load_run_config(recipe, overrides: list[str]):
+    """The config of one run loaded and resolved as the trainer does before any step (every
+    key, the kind's checks, the model name); files that earlier runs may still write are not
+    required.  A :class:`~megaproc.errors.ConfigError` names the bad key.  Sweeps and studies
+    validate their runs here."""
+    return resolve(load_config(recipe, overrides), check_files=False)
+
+
 def validate_jobs(sweep: Sweep, jobs: list[Job]) -> list[str]:
-    """Load and resolve every job's config (refusing the first bad one, naming its key; files
-    that earlier jobs may write are not required); returns warnings about jobs whose
-    classification data set is drawn with replacement."""
+    """Load every job's config (refusing the first bad one, naming its key); returns warnings
+    about jobs whose classification data set repeats sequences (drawn with replacement)."""
     warnings = []
     for job in jobs:
         try:
-            cfg = resolve(load_config(sweep.recipe, [*job.overrides, f"run.out_dir={job.directory}"]),
-                          check_files=False)
+            cfg = load_run_config(sweep.recipe, [*job.overrides, f"run.out_dir={job.directory}"])
         except ConfigError as exc:
             raise ConfigError(f"sweep job {job.job_id}: {exc}") from None
-        c = cfg.classify
-        if c.target_func is not None:
-            note = replacement_note(c.target_func, c.sequence_length, c.train_set_size,
-                                    c.test_set_size)
-            if note:
-                warnings.append(f"job {job.job_id}: {note}")
+        note = run_data_note(cfg)
+        if note:
+            warnings.append(f"job {job.job_id}: {note}")
     return warnings
+
+
+def run_data_note(cfg) -> Optional[str]:
+    """What a classification run's data set does unusually (repeats sequences), or None."""
+    c = cfg.classify
+    if c.target_func is None:
+        return None
+    return replacement_note(c.target_func, c.sequence_length, c.train_set_size, c.test_set_size)
 
 
 # ----------------------------------------------------------------------------- status
@@ -278,8 +291,10 @@ def write_job_config(job: Job, sweep: Optional[Sweep] = None) -> None:
         "command": job.command})
 
 
-def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None) -> dict:
-    """Run one job to completion; returns ``{"status", "exit_code", "seconds", "metrics"}``."""
+def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None,
+            cwd: Optional[Path] = None) -> dict:
+    """Run one job to completion (in ``cwd``, default the current directory); returns
+    ``{"status", "exit_code", "seconds", "metrics"}``."""
     d = job.directory
     write_job_config(job, sweep)
     for marker in MARKERS:
@@ -292,8 +307,15 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
         # Ctrl-C reaches the child too (same process group); the job then keeps its RUNNING
         # marker, counts as interrupted and runs again next time.
         code = subprocess.run(job.command, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, env=env).returncode
-    seconds = round(time.time() - started, 2)
+                              stdin=subprocess.DEVNULL, env=env, cwd=cwd).returncode
+    return record_exit(d, code, round(time.time() - started, 2), d / "stdout.log")
+
+
+def record_exit(directory: Path, code: int, seconds: float, log_path: Path) -> dict:
+    """Turn a job's exit code into its marker: ``DONE`` (code 0, with the final metrics),
+    ``FAILED`` (the code and the tail of ``log_path``), or none for an interrupted job (its
+    ``RUNNING`` stays behind); returns ``{"status", "exit_code", "seconds", "metrics"}``."""
+    d = Path(directory)
     if code in INTERRUPT_CODES:              # stopped by Ctrl-C/SIGTERM: keep RUNNING behind
         return {"status": "interrupted", "exit_code": code, "seconds": seconds, "metrics": {}}
     if code == 0:
@@ -301,7 +323,10 @@ def run_job(job: Job, sweep: Optional[Sweep] = None, env: Optional[dict] = None)
         atomic_write_json(d / "DONE", {"exit_code": 0, "seconds": seconds, "metrics": metrics})
         result = {"status": "done", "exit_code": 0, "seconds": seconds, "metrics": metrics}
     else:
-        tail = (d / "stdout.log").read_text(errors="replace").splitlines()[-5:]
+        try:
+            tail = Path(log_path).read_text(errors="replace").splitlines()[-5:]
+        except OSError:
+            tail = []
         atomic_write_json(d / "FAILED", {"exit_code": code, "seconds": seconds, "log_tail": tail})
         result = {"status": "failed", "exit_code": code, "seconds": seconds, "metrics": {}}
     (d / "RUNNING").unlink(missing_ok=True)

@@ -39,7 +39,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from megaproc import distributed as dist_utils
 from megaproc.data.batch import rank_sample_indices
 from megaproc.errors import ResumeError
 from megaproc.eval.sharding import run_in_lockstep

@@ -1,7 +1,8 @@
 """Every shipped recipe and DeepSpeed config is usable as shipped.
 
 - every YAML under configs/ (recursively) is a trainer recipe that ``load_config`` accepts,
-  or a sweep spec that the sweep loader accepts;
+  or a sweep spec that the sweep loader accepts, or a study spec (configs/study/) that the
+  study loader accepts;
 - every recipe, and every JSON in ds_configs/ combined with a recipe, builds a DeepSpeed config
   with ``build_ds_config`` whose train batch is micro batch x grad accum x data-parallel size,
   and which DeepSpeed's own config parser (``DeepSpeedConfig``: schema of every section, batch
@@ -25,7 +26,8 @@ WORLD_SIZES = (1, 2, 8, 16)
 
 
 def load_recipe(path: Path):
-    """The recipe's Config, or None when the file is a sweep spec (then it must load as one)."""
+    """The recipe's Config, or None when the file is a sweep or study spec (then it must load
+    as one)."""
     from megaproc.config import load_config
 
     try:
@@ -33,13 +35,16 @@ def load_recipe(path: Path):
             warnings.simplefilter("ignore")
             return load_config(path)
     except Exception as recipe_error:  # noqa: BLE001 - re-raised below unless it is a sweep
+        from megaproc.study_spec import load_spec
         from megaproc.sweep_jobs import load_sweep
 
-        try:
-            load_sweep(path)
-        except Exception:  # noqa: BLE001
-            raise recipe_error from None
-        return None
+        for loader in (load_sweep, load_spec):
+            try:
+                loader(path)
+                return None
+            except Exception:  # noqa: BLE001
+                continue
+        raise recipe_error from None
 
 
 def deepspeed_accepts(ds: dict, data_parallel: int):
