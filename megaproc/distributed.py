@@ -85,7 +85,10 @@ def shutdown() -> None:
         return
     import deepspeed.comm  # the trainer's process group was set up through it
 
-    deepspeed.comm.destroy_process_group()
+    try:
+        barrier()  # no rank tears down while another still communicates
+    finally:
+        deepspeed.comm.destroy_process_group()
 
 
 def rank() -> int:

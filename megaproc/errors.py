@@ -57,7 +57,9 @@ def run_cli(main: Callable[..., int | None], *args, prog: str = "",
     except (UserError, *also) as exc:
         if os.environ.get("RANK", "0") == "0" or getattr(exc, "every_rank", False):
             head = f"{prog}: error" if prog else "error"
-            print(f"{head}: {one_line(exc)}", file=sys.stderr, flush=True)
+            # One write per line: ranks that print together must not interleave their lines.
+            sys.stderr.write(f"{head}: {one_line(exc)}\n")
+            sys.stderr.flush()
         return int(getattr(exc, "exit_code", USER_ERROR_EXIT_CODE))
     except KeyboardInterrupt:
         print(f"{prog or 'megaproc'}: interrupted", file=sys.stderr, flush=True)

@@ -232,12 +232,18 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
-        """Close hooks (loggers, progress bars) and the batch source; safe to call twice."""
+        """Close hooks (loggers, progress bars), the batch source and the engine; safe to call
+        twice."""
         self.hooks.close()
         self.hooks = Hooks()
         if self.source is not None and not self._source_closed:
             self.source.close()
             self._source_closed = True
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            # Releases ZeRO-3's parameter hooks and prefetch state before the process group is
+            # torn down (train.py), so no communication is left in flight at exit.
+            engine.destroy()
 
     # ----------------------------------------------------------------- checkpoints
     def geometry(self) -> dict:
