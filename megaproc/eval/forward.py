@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from megaproc.models.sliced_head import forward_logits
+
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default when the model config names no context length
 BLOCK_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -77,6 +79,12 @@ class ModelForward:
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         return self.model(**kwargs).logits
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, V]`` at the ``True`` positions of ``positions`` ``[B, T]`` only (the LM
+        head runs there alone: :func:`megaproc.models.sliced_head.forward_logits`)."""
+        return forward_logits(self.model, input_ids, attention_mask, positions)
 
     def block_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """``[B, 1, T, T]`` mask from a boolean ``[B, T, T]`` (query, key) "may attend" tensor:

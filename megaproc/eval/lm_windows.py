@@ -16,7 +16,8 @@ A window holds ``seq_len`` tokens (the model sees ``seq_len - 1`` and predicts e
 evaluated, or every window of the split with ``max_batches=0``.  Batches are shared over the
 ranks by :func:`megaproc.eval.sharding.run_in_lockstep` and their ``[loss_sum, tokens,
 correct]`` sums added in batch order, so any number of ranks gives the same numbers.
-Metrics: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens`` (:func:`lm_summary`).
+Metrics: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens``
+(:func:`megaproc.eval.lm.lm_metrics_in_lockstep`, the computation training validation shares).
 """
 
 from __future__ import annotations
@@ -24,18 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from megaproc.data.batch import collate
 from megaproc.data.build import open_indexed
 from megaproc.data.gpt_dataset import GPTDataset
 from megaproc.data.indexed import IndexedDataset
 from megaproc.eval.evaluator import EvalContext, EvalResult, rows_per_batch
-from megaproc.eval.lm import lm_summary
+from megaproc.eval.lm import lm_metrics_in_lockstep
 from megaproc.eval.rows import EvalInputError
-from megaproc.eval.sharding import run_in_lockstep
-from megaproc.loss import masked_sums
-from megaproc.tokenizer import pad_id as tokenizer_pad_id
 
 TOKENIZE_CHUNK = 256  # documents tokenized per call
 
@@ -46,29 +42,13 @@ def window_count(available: int, max_batches: int, rows: int) -> int:
     return available if max_batches == 0 else min(available, max_batches * rows)
 
 
-@torch.no_grad()
 def window_metrics(ctx: EvalContext, sample, count: int, seq_len: int, rows: int,
                    desc: str) -> dict:
     """LM metrics of windows ``sample(0) .. sample(count - 1)`` (token arrays of ``seq_len``
     tokens), ``rows`` windows per forward (collective over ``ctx``'s ranks)."""
-    pad = tokenizer_pad_id(ctx.tokenizer)
     batches = [range(start, min(start + rows, count)) for start in range(0, count, rows)]
-
-    def run(batch):
-        indices = batch if batch is not None else range(1)
-        tensors = collate([{"tokens": np.asarray(sample(i))} for i in indices], pad,
-                          pad_to=seq_len)
-        logits = ctx.forward(tensors["input_ids"].to(ctx.device),
-                             tensors["attention_mask"].to(ctx.device))
-        if batch is None:
-            return None
-        return masked_sums(logits, tensors["labels"].to(logits.device)).cpu().tolist()
-
-    sums = np.zeros(3, dtype=np.float64)
-    for batch_sums in run_in_lockstep(batches, run, ctx.rank, ctx.world_size, ctx.progress,
-                                      desc):
-        sums += np.asarray(batch_sums, dtype=np.float64)
-    return lm_summary(sums.tolist())
+    return lm_metrics_in_lockstep(ctx, lambda i: {"tokens": np.asarray(sample(i))}, batches,
+                                  seq_len, desc)
 
 
 def _window_length(seq_len: int, max_length: int) -> int:
