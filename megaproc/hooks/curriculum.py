@@ -26,10 +26,11 @@ Logs and state
     ``logs/eval.jsonl`` gets ``step, stage, alpha, heldout_acc, heldout_loss, num_examples,
     timestamp`` (+ ``evaluator: "split"``, ``event``, ``num_dropped`` and the ``split``
     evaluator's ``by_lookahead/<L>/...``: the held-out evaluation runs through
-    :class:`~megaproc.hooks.evaluation.EvalRunner`, as the evaluation hook does); an ``advance`` or ``completed`` record also has
-    ``passed_stage``, the stage whose window just reached the threshold (``completed`` is the
-    pass of the last stage: the original script's stage moving past ``max_lookahead``), so a
-    curriculum of ``S`` stages that ends on its own writes ``S`` records with ``passed_stage``.  The checkpoint holds the stage, the window
+    :class:`~megaproc.hooks.evaluation.EvalRunner`, as the evaluation hook does); an
+    ``advance`` or ``completed`` record also has ``passed_stage``, the stage whose window just
+    reached the threshold (``completed`` is the pass of the last stage: the original script's
+    stage moving past ``max_lookahead``), so a curriculum of ``S`` stages that ends on its own
+    writes ``S`` records with ``passed_stage``.  The checkpoint holds the stage, the window
     and the completion flag; the source's state holds the generator index, so a resume
     continues exactly.
 """

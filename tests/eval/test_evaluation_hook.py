@@ -186,7 +186,8 @@ def test_seed_files_follow_the_log_after_a_resume(tmp_path, model, tokenizer, in
         == {2, 4}
     assert set(json.loads((run / "step_metrics.json").read_text())) == {"2", "4"}
     train(4, 8)                      # ... and redone, once
-    assert [r["step"] for r in hellaswag_lines()] == [2, 4, 6, 8] and hellaswag_lines() == expected()
+    assert [r["step"] for r in hellaswag_lines()] == [2, 4, 6, 8]
+    assert hellaswag_lines() == expected()
     assert [r["step"] for r in _records(run)] == [2, 2, 4, 4, 6, 6, 8, 8]
 
 
