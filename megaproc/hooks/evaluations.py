@@ -82,8 +82,11 @@ def benchmark_evaluations(eval_cfg, run_dir: str | Path) -> list[Evaluation]:
 
 
 def validation_evaluation(cfg, tokenizer, valid_dataset, world_size: int) -> Evaluation | None:
-    """Validation of the run (see the module docstring); None without a validation set."""
+    """Validation of the run (see the module docstring); None without a validation set or
+    when it would never run (``eval.every`` 0 and ``eval.at_end`` false)."""
     train, ev = cfg.train, cfg.eval
+    if not (ev.every or ev.at_end):
+        return None
     mask_key = validation_mask_key(train.loss)
     batches = ev.max_batches * max(1, int(world_size))
     pad_to = train.seq_len + 1  # the training sample length (the extra token is a label)
