@@ -317,24 +317,43 @@ class LogConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training (validation loss, benchmarks)."""
+    """Evaluation during training (megaproc/hooks/evaluation.py: one hook runs every evaluator).
+
+    Validation (``every``) evaluates ``max_batches`` global batches (``train.micro_batch`` rows
+    per rank per forward) of the validation blend, or of each named ``data.valid`` source
+    (``val_loss/<name>``, ...).  The benchmarks run the evaluators of ``python -m
+    megaproc.evaluate`` (``--hellaswag``, ``--ewok``, ``--dm-math``) every N steps (0 = off)
+    with ``batch_size`` rows per forward and the first ``max_examples`` items of each task
+    (0 = all; DeepMind Mathematics: per split/module), as ``--batch-size``/``--max-examples``.
+    """
 
     every: int = 0
     max_batches: int = 10
+    # Validation and the benchmarks also run after the last step (unless it just ran them).
     at_end: bool = True
-    # HellaSwag (jsonl) and EWoK (directory or .zip of jsonl) evaluated every N steps; 0 = off.
+    # HellaSwag (jsonl), EWoK (directory or .zip of jsonl) and DeepMind Mathematics (converted
+    # directory, one jsonl or the raw mathematics_dataset-v1.0 directory) every N steps; 0 = off.
     hellaswag_path: Optional[str] = None
     hellaswag_every: int = 0
     ewok_path: Optional[str] = None
     ewok_every: int = 0
+    dm_math_path: Optional[str] = None
+    dm_math_every: int = 0
+    batch_size: int = 16
+    max_examples: int = 0
 
     def validate(self) -> None:
         """Intervals are non-negative; a benchmark interval needs its file."""
-        require_signs("eval", self, positive=("max_batches",),
-                      non_negative=("every", "hellaswag_every", "ewok_every"))
-        for name in ("hellaswag", "ewok"):
+        require_signs("eval", self, positive=("max_batches", "batch_size"),
+                      non_negative=("every", "hellaswag_every", "ewok_every", "dm_math_every",
+                                    "max_examples"))
+        for name in BENCHMARKS:
             every, path = getattr(self, f"{name}_every"), getattr(self, f"{name}_path")
             require(not every or bool(path), f"eval.{name}_every", f"needs eval.{name}_path")
+
+
+# The benchmarks of ``eval.<name>_every`` / ``eval.<name>_path`` (evaluator names).
+BENCHMARKS = ("hellaswag", "ewok", "dm_math")
 
 
 @dataclass

@@ -7,9 +7,10 @@ present (a plot without data is skipped):
 
 ``loss.png``        training ``loss`` and the per-source ``loss/<name>`` curves
 ``lr.png``          learning rate ``lr``
-``validation.png``  ``val_loss``, ``val_ppl``, ``val_token_acc`` (one panel each)
+``validation.png``  ``val_loss``, ``val_ppl``, ``val_token_acc`` (one panel each), with a
+                    curve per named validation source (``val_loss/<name>``, ...)
 ``benchmarks.png``  ``hellaswag_acc``, ``hellaswag_acc_norm``, ``ewok_sum_accuracy``,
-                    ``ewok_mean_accuracy``
+                    ``ewok_mean_accuracy``, ``dm_math_acc``
 ``curriculum.png``  curriculum ``stage`` (train.jsonl, else eval.jsonl) and the accuracies
                     ``curr_acc`` (training window) and ``heldout_acc`` (held-out evaluation)
 
@@ -33,7 +34,8 @@ from megaproc.errors import UserError, run_cli
 from megaproc.files import atomic_output, read_jsonl
 
 VALIDATION_KEYS = ("val_loss", "val_ppl", "val_token_acc")
-BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "ewok_mean_accuracy")
+BENCHMARK_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "ewok_sum_accuracy", "ewok_mean_accuracy",
+                  "dm_math_acc")
 
 
 class PlotError(UserError, ValueError):
@@ -115,12 +117,18 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     out = Path(out_dir) if out_dir is not None else run / "plots"
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted({k for r in train for k in r if k.startswith("loss/")})
+
+    def with_sources(key: str) -> list[tuple[str, tuple]]:
+        """``key`` and its per-source ``key/<name>`` curves of the eval records."""
+        named = sorted({k for r in evals for k in r if k.startswith(f"{key}/")})
+        return [(k, series(evals, k)) for k in (key, *named)]
+
     written = [
         _lines_plot(out / "loss.png", f"training loss - {run.name}", "loss",
                     [("loss", series(train, "loss"))] + [(k, series(train, k)) for k in sources]),
         _lines_plot(out / "lr.png", f"learning rate - {run.name}", "lr", [("lr", series(train, "lr"))]),
         _panels_plot(out / "validation.png", f"validation - {run.name}",
-                     [(key, [(key, series(evals, key))]) for key in VALIDATION_KEYS]),
+                     [(key, with_sources(key)) for key in VALIDATION_KEYS]),
         _lines_plot(out / "benchmarks.png", f"benchmarks - {run.name}", "accuracy",
                     [(key, series(evals, key)) for key in BENCHMARK_KEYS]),
         _panels_plot(out / "curriculum.png", f"curriculum - {run.name}",
@@ -136,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prints the written files; one-line error and exit code 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m megaproc.plot",
                                      description="Write PNG plots of a run's logs (loss, LR, "
-                                                 "validation, HellaSwag/EWoK, curriculum).")
+                                                 "validation, HellaSwag/EWoK/DeepMind-Math, "
+                                                 "curriculum).")
     parser.add_argument("run_dir", help="run directory (run.out_dir)")
     parser.add_argument("--out", help="output directory (default RUN_DIR/plots)")
     args = parser.parse_args(argv)

@@ -115,12 +115,12 @@ def document_masking(tokenizer, reset_position_ids: bool = False,
 
 def data_switch_keys(data_cfg) -> str:
     """The data section's document-masking keys that are on, quoted for a one-line error."""
-    return " / ".join(f"'data.{key}'" for key in DATA_SWITCHES if getattr(data_cfg, key))
+    return " / ".join(f"'data.{key}'" for key in DATA_SWITCHES if getattr(data_cfg, key, False))
 
 
 def data_document_masking(data_cfg, tokenizer) -> DocumentMasking | None:
     """:func:`document_masking` of a run's ``data`` section."""
-    switches = {key: bool(getattr(data_cfg, key)) for key in DATA_SWITCHES}
+    switches = {key: bool(getattr(data_cfg, key, False)) for key in DATA_SWITCHES}
     return document_masking(tokenizer, **switches,
                             what=f"config key {data_switch_keys(data_cfg)}")
 

@@ -12,7 +12,8 @@
   :mod:`~megaproc.eval.exact_match` (``dm_math``);
 - :mod:`megaproc.eval.loglik` and :mod:`megaproc.eval.packing`: continuation log-likelihoods
   (lm-eval's ``loglikelihood``) with context reuse;
-- :mod:`megaproc.eval.lm`: LM loss sums (also the validation hook's);
+- :mod:`megaproc.eval.lm`: the one LM loss computation (``prefix``, ``hf_dataset`` and
+  training validation, :mod:`megaproc.eval.validation`: the blend or each named source);
   :mod:`megaproc.eval.answer_correctness`: greedy full-word answer correctness (also the
   curriculum's training window);
 - :mod:`megaproc.eval.batch_size` (``--batch-size auto``), :mod:`megaproc.eval.model_loading`

@@ -1,4 +1,5 @@
-"""The one Evaluator protocol, shared by ``python -m megaproc.evaluate`` and the training hooks.
+"""The one Evaluator protocol, shared by ``python -m megaproc.evaluate`` and training (the
+evaluation hook, :mod:`megaproc.hooks.evaluation`, and the curriculum's held-out evaluation).
 
 An evaluator is built from its inputs and checks them when it is built - before any model
 loads (a malformed row names its file, line and field; a wrong EWoK password is one line) -
@@ -21,6 +22,8 @@ split          heldout_acc, heldout_loss, num_examples, num_dropped,
                by_lookahead/<L>/{heldout_acc, num_examples}
 prefix         val_loss, val_ppl, val_token_acc, num_tokens
 hf_dataset     val_loss, val_ppl, val_token_acc, num_tokens
+validation     (training) val_loss, ... of the validation blend, or per named source
+               val_loss/<name>, val_ppl/<name>, val_token_acc/<name>, num_tokens/<name>
 hellaswag      hellaswag_acc, hellaswag_acc_norm, hellaswag_num_examples
 ewok           ewok_{sum,mean}_accuracy[_t1|_t2], ewok_num_items, ewok_domain/<Domain>,
                ewok_mean_domain/<Domain>

@@ -241,9 +241,8 @@ def score_items(items: list[EwokItem], results) -> tuple[dict, list[dict]]:
 
 def evaluate_ewok(scorer: LoglikScorer, logits_fn: LogitsFn, items: list[EwokItem],
                   rank: int = 0, world_size: int = 1) -> tuple[dict, list[dict]]:
-    """Score ``items``; returns the summary ``{"num_items", "sum": {...}, "mean": {...}}`` (the
-    shape the benchmark hook reads until it runs :class:`EwokEvaluator`) and per-item rows (on
-    every rank when sharded)."""
+    """Score ``items``; returns the summary ``{"num_items", "sum": {...}, "mean": {...}}``
+    (:func:`ewok_metrics` names it) and per-item rows (on every rank when sharded)."""
     results = scorer.score_pairs(logits_fn, requests(items), rank, world_size, desc="ewok")
     return score_items(items, results)
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from megaproc.models.document_attention import kernel_mask, model_inputs, supports_block_mask
+from megaproc.models.sliced_head import forward_logits
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default when the model config names no context length
 
@@ -71,6 +72,14 @@ class ModelForward:
                  document_ids: torch.Tensor | None = None) -> torch.Tensor:
         inputs = model_inputs(self.model, input_ids, attention_mask, position_ids, document_ids)
         return inputs.logits(self.model(**inputs.kwargs, use_cache=False).logits)
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  positions: torch.Tensor, position_ids: torch.Tensor | None = None,
+                  document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[N, V]`` at the ``True`` positions of ``positions`` ``[B, T]`` only (the LM
+        head runs there alone: :func:`megaproc.models.sliced_head.forward_logits`)."""
+        return forward_logits(self.model, input_ids, attention_mask, positions, position_ids,
+                              document_ids)
 
     def block_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """``[B, 1, T, T]`` mask from a boolean ``[B, T, T]`` (query, key) "may attend" tensor:

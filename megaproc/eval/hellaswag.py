@@ -139,9 +139,9 @@ def requests(items: list[HellaswagItem]) -> list[tuple[str, str]]:
 
 def evaluate_hellaswag(scorer: LoglikScorer, logits_fn: LogitsFn, items: list[HellaswagItem],
                        rank: int = 0, world_size: int = 1) -> tuple[dict, list[dict]]:
-    """Score ``items``; returns ``{"acc", "acc_norm", "num_examples"}`` (lm-eval's names, the
-    shape the benchmark hook reads until it runs :class:`HellaswagEvaluator`) and per-item rows
-    (on every rank when sharded)."""
+    """Score ``items``; returns ``{"acc", "acc_norm", "num_examples"}`` (lm-eval's names;
+    :class:`HellaswagEvaluator` publishes them as ``hellaswag_*``) and per-item rows (on every
+    rank when sharded)."""
     results = scorer.score_pairs(logits_fn, requests(items), rank, world_size, desc="hellaswag")
     return score_items(items, [r.logprob for r in results])
 

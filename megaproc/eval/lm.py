@@ -1,43 +1,29 @@
-"""Language-model metrics: cross entropy, perplexity and token accuracy over batches.
+"""Language-model metrics: cross entropy, perplexity and token accuracy over sample batches.
 
-:class:`LMMetrics` accumulates the validation hook's sums (sharded over ranks, all-reduced);
-:func:`lm_summary` turns ``[loss_sum, tokens, correct]`` into the published names for it and
-for the ``prefix`` / ``hf_dataset`` evaluators (:mod:`megaproc.eval.lm_windows`).
+One computation for every LM evaluation (the ``prefix`` / ``hf_dataset`` evaluators of
+:mod:`megaproc.eval.lm_windows` and training validation, :mod:`megaproc.eval.validation`):
+:func:`lm_metrics_in_lockstep` collates batches of samples, shares them over the ranks with
+:func:`megaproc.eval.sharding.run_in_lockstep`, adds every batch's ``[loss_sum, tokens,
+correct]`` (:func:`batch_lm_sums`, float64) in batch order and names the result with
+:func:`lm_summary`: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
-from megaproc import distributed as dist_utils
+from megaproc.data.batch import collate
 from megaproc.data.document_mask import document_inputs
+from megaproc.eval.evaluator import EvalContext
+from megaproc.eval.sharding import run_in_lockstep
 from megaproc.loss import label_mask, masked_sums
+from megaproc.tokenizer import pad_id as tokenizer_pad_id
 
 PPL_CAP = 50.0  # exp() of a loss above this is reported as exp(50), not inf
-
-
-class LMMetrics:
-    """Sums of token losses, tokens and correct argmax predictions."""
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor,
-            mask: torch.Tensor | None = None) -> None:
-        """Account one batch of logits [B, T, V] against labels [B, T] (only ``mask`` positions,
-        default every label token)."""
-        mask = None if mask is None else mask.to(logits.device)
-        self.sums += masked_sums(logits, labels.to(logits.device), mask).to(self.sums.device)
-
-    def result(self, reduce: bool = True, prefix: str = "val") -> dict:
-        """``{prefix}_loss``, ``{prefix}_ppl``, ``{prefix}_token_acc`` and ``num_tokens``;
-        ``reduce`` sums over ranks first (collective)."""
-        sums = self.sums.clone()
-        if reduce:
-            dist_utils.all_reduce_sum(sums)
-        return lm_summary(sums.cpu().tolist(), prefix)
 
 
 def lm_summary(sums, prefix: str = "val") -> dict:
@@ -53,27 +39,47 @@ def lm_summary(sums, prefix: str = "val") -> dict:
 
 
 @torch.no_grad()
-def lm_metrics(logits_fn, batches, device: torch.device | str = "cpu", reduce: bool = True,
-               mask_key: str | None = None, sliced: bool = False) -> dict:
-    """Metrics of ``logits_fn(input_ids, attention_mask) -> logits`` over collated ``batches``
-    (over the tokens of ``batch[mask_key]`` only when given, e.g. ``"answer_mask"`` for what
-    ``train.loss: answer_only`` trains).  With ``sliced`` (and ``mask_key``) the head runs only
-    there: ``logits_fn(input_ids, attention_mask, positions)`` returns [N, V] logits at the
-    ``True`` positions (:func:`megaproc.models.sliced_head.forward_logits`); same metrics.
+def batch_lm_sums(forward, batch: dict, device: torch.device | str = "cpu",
+                  mask_key: str | None = None, sliced: bool = False) -> torch.Tensor:
+    """float64 ``[loss_sum, tokens, correct]`` of one collated batch.
 
-    With ``reduce`` every rank must pass the same number of batches (the forwards of ZeRO-3
-    are collective).  A batch's document masking keys (``position_ids``, ``document_ids``)
-    reach ``logits_fn`` as keyword arguments.
+    ``forward(input_ids, attention_mask) -> logits`` (a :class:`~megaproc.eval.forward.
+    ModelForward`); only the tokens of ``batch[mask_key]`` count when given (e.g.
+    ``"answer_mask"``: what ``train.loss: answer_only`` trains).  With ``sliced`` (and
+    ``mask_key``) the LM head runs only there (``forward.logits_at``, [N, V] logits at those
+    positions, :mod:`megaproc.models.sliced_head`): the same sums.
     """
-    metrics = LMMetrics(device)
-    for batch in batches:
-        inputs = (batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        documents = document_inputs(batch, device)
-        labels = batch["labels"].to(device)
-        if sliced and mask_key:
-            positions = batch[mask_key].to(device).bool() & label_mask(labels)
-            metrics.add(logits_fn(*inputs, positions, **documents), labels[positions])
-        else:
-            metrics.add(logits_fn(*inputs, **documents), labels,
-                        batch[mask_key] if mask_key else None)
-    return metrics.result(reduce=reduce)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    documents = document_inputs(batch, device)  # position/document ids of document masking
+    if sliced and mask_key:
+        positions = batch[mask_key].to(device).bool() & label_mask(labels)
+        return masked_sums(forward.logits_at(ids, mask, positions, **documents),
+                           labels[positions])
+    logits = forward(ids, mask, **documents)
+    selected = None if mask_key is None else batch[mask_key].to(logits.device)
+    return masked_sums(logits, labels.to(logits.device), selected)
+
+
+def lm_metrics_in_lockstep(ctx: EvalContext, sample: Callable[[int], dict],
+                           batches: Sequence[Sequence[int]], pad_to: int, desc: str,
+                           mask_key: str | None = None, sliced: bool = False,
+                           documents=None) -> dict:
+    """LM metrics of the samples ``sample(i)`` (dicts with ``tokens`` and any masks) for the
+    index lists ``batches``, each padded to ``pad_to`` tokens (collective over ``ctx``'s
+    ranks: a rank out of batches runs sample 0 as its dummy forward); ``documents`` (a
+    :class:`~megaproc.data.document_mask.DocumentMasking`) applies document masking."""
+    pad = tokenizer_pad_id(ctx.tokenizer)
+
+    def run(chosen):
+        indices = chosen if chosen is not None else range(1)
+        tensors = collate([sample(int(i)) for i in indices], pad, pad_to=pad_to,
+                          documents=documents)
+        sums = batch_lm_sums(ctx.forward, tensors, ctx.device, mask_key, sliced)
+        return None if chosen is None else sums.cpu().tolist()
+
+    total = np.zeros(3, dtype=np.float64)
+    for sums in run_in_lockstep(list(batches), run, ctx.rank, ctx.world_size, ctx.progress,
+                                desc):
+        total += np.asarray(sums, dtype=np.float64)
+    return lm_summary(total.tolist())

@@ -16,7 +16,8 @@ A window holds ``seq_len`` tokens (the model sees ``seq_len - 1`` and predicts e
 evaluated, or every window of the split with ``max_batches=0``.  Batches are shared over the
 ranks by :func:`megaproc.eval.sharding.run_in_lockstep` and their ``[loss_sum, tokens,
 correct]`` sums added in batch order, so any number of ranks gives the same numbers.
-Metrics: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens`` (:func:`lm_summary`).
+Metrics: ``val_loss``, ``val_ppl``, ``val_token_acc``, ``num_tokens``
+(:func:`megaproc.eval.lm.lm_metrics_in_lockstep`, the computation training validation shares).
 
 Both take the document masking of training (``documents``: ``reset_position_ids``,
 ``reset_attention_mask``, ``eod_mask_loss``, as ``python -m megaproc.evaluate
@@ -30,20 +31,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from megaproc.data.batch import collate
 from megaproc.data.build import open_indexed
-from megaproc.data.document_mask import document_inputs, document_masking
+from megaproc.data.document_mask import document_masking
 from megaproc.data.gpt_dataset import GPTDataset
 from megaproc.data.indexed import IndexedDataset
 from megaproc.eval.evaluator import EvalContext, EvalResult, rows_per_batch
-from megaproc.eval.lm import lm_summary
+from megaproc.eval.lm import lm_metrics_in_lockstep
 from megaproc.eval.rows import EvalInputError
-from megaproc.eval.sharding import run_in_lockstep
-from megaproc.loss import masked_sums
 from megaproc.models.document_attention import document_attention_problem
-from megaproc.tokenizer import pad_id as tokenizer_pad_id
 
 TOKENIZE_CHUNK = 256  # documents tokenized per call
 
@@ -75,31 +71,14 @@ def window_document_masking(ctx: EvalContext, switches: dict | None):
     return documents
 
 
-@torch.no_grad()
 def window_metrics(ctx: EvalContext, sample, count: int, seq_len: int, rows: int,
                    desc: str, documents=None) -> dict:
     """LM metrics of windows ``sample(0) .. sample(count - 1)`` (token arrays of ``seq_len``
     tokens), ``rows`` windows per forward (collective over ``ctx``'s ranks), with the
     document masking ``documents`` (a ``DocumentMasking`` or None)."""
-    pad = tokenizer_pad_id(ctx.tokenizer)
     batches = [range(start, min(start + rows, count)) for start in range(0, count, rows)]
-
-    def run(batch):
-        indices = batch if batch is not None else range(1)
-        tensors = collate([{"tokens": np.asarray(sample(i))} for i in indices], pad,
-                          pad_to=seq_len, documents=documents)
-        logits = ctx.forward(tensors["input_ids"].to(ctx.device),
-                             tensors["attention_mask"].to(ctx.device),
-                             **document_inputs(tensors, ctx.device))
-        if batch is None:
-            return None
-        return masked_sums(logits, tensors["labels"].to(logits.device)).cpu().tolist()
-
-    sums = np.zeros(3, dtype=np.float64)
-    for batch_sums in run_in_lockstep(batches, run, ctx.rank, ctx.world_size, ctx.progress,
-                                      desc):
-        sums += np.asarray(batch_sums, dtype=np.float64)
-    return lm_summary(sums.tolist())
+    return lm_metrics_in_lockstep(ctx, lambda i: {"tokens": np.asarray(sample(i))}, batches,
+                                  seq_len, desc, documents=documents)
 
 
 def _window_length(seq_len: int, max_length: int) -> int:

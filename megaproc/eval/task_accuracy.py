@@ -1,8 +1,9 @@
 """Held-out task evaluation: greedy-answer accuracy and answer loss on split examples.
 
-Used by the curriculum hook (``eval_subset_size`` seeded random ``eval.jsonl`` examples, at the
-start and after every stage advance), by the periodic task eval of pretraining runs and by
-``python -m megaproc.evaluate`` (``test.jsonl``).
+:class:`SplitEvaluator` is what ``python -m megaproc.evaluate --split`` runs (e.g. on
+``test.jsonl``) and what training runs (:mod:`megaproc.hooks.evaluation`): the curriculum on
+``task.eval_subset_size`` seeded random ``eval.jsonl`` examples at the start and after every
+stage advance, and the periodic held-out evaluation (``task.eval_every``) of other runs.
 
 * ``heldout_acc``: fraction of examples whose greedy answer equals one of ``output_texts``
   (every valid answer is checked with one teacher-forced row; see
@@ -34,10 +35,10 @@ import torch
 from megaproc.data.prompt_answer import PromptAnswerEncoder, collate_prompt_answer
 from megaproc.eval.answer_correctness import teacher_forced_correct, word_continuation_table
 from megaproc.eval.evaluator import BatchSize, EvalContext, EvalResult, rows_per_batch
-from megaproc.eval.forward import eval_mode, hf_logits_fn
 from megaproc.eval.rows import EvalInputError, json_rows
 from megaproc.eval.sharding import run_in_lockstep
 from megaproc.loss import per_row_sums
+from megaproc.tokenizer import pad_id as tokenizer_pad_id
 
 
 def eval_subset(records: list[dict], size: int, seed: int) -> list[dict]:
@@ -83,7 +84,7 @@ class HeldoutEvaluator:
         self.last_loss = None
         self.batch_size = batch_size
         self.rank, self.world_size = int(rank), int(world_size)
-        self.pad_id = int(pad_id if pad_id is not None else (tokenizer.pad_token_id or 0))
+        self.pad_id = int(pad_id if pad_id is not None else tokenizer_pad_id(tokenizer))
         self.num_dropped = 0
         self.kept: list[int] = []
         self.rows: list[tuple[int, bool, dict]] = []       # (example id, primary?, sample)
@@ -141,12 +142,6 @@ class HeldoutEvaluator:
                 "num_examples": examples, "num_dropped": self.num_dropped}
 
 
-def heldout_metrics_of_engine(evaluator: HeldoutEvaluator, engine, device) -> dict:
-    """Run ``evaluator`` with ``engine`` in eval mode (dropout off), then back to its mode."""
-    with eval_mode(engine):
-        return evaluator.run(hf_logits_fn(engine), device)
-
-
 def by_lookahead(rows: list[dict]) -> dict:
     """``{L: {"heldout_acc", "num_examples"}}`` of per-example rows that name a lookahead
     (keys in ascending lookahead order, as strings: they are JSON object keys)."""
@@ -167,6 +162,7 @@ class SplitEvaluator:
         self.records = list(records)
         self.path = path
         self.max_tokens = int(max_tokens)
+        self._encoded: dict = {}  # the encoded examples, kept for the next run (training)
 
     @classmethod
     def from_file(cls, path: str | Path, max_examples: int = 0,
@@ -181,8 +177,12 @@ class SplitEvaluator:
     def run(self, ctx: EvalContext) -> EvalResult:
         """Evaluate every example (collective over ``ctx``'s ranks)."""
         limit = min(self.max_tokens or ctx.max_length, ctx.max_length)
-        evaluator = HeldoutEvaluator(self.records, ctx.tokenizer, limit, ctx.batch_size,
-                                     ctx.rank, ctx.world_size)
+        key = (id(ctx.tokenizer), limit)
+        if key not in self._encoded:
+            self._encoded = {key: HeldoutEvaluator(self.records, ctx.tokenizer, limit)}
+        evaluator = self._encoded[key]
+        evaluator.batch_size, evaluator.rank, evaluator.world_size = \
+            ctx.batch_size, ctx.rank, ctx.world_size
         metrics = evaluator.run(ctx.forward, ctx.device, ctx.progress)
         rows = []
         for example, index in enumerate(evaluator.kept):

@@ -15,11 +15,10 @@ reverse.  After each optimizer step the trainer fires, in this order:
 Priorities in use (leave gaps for new hooks):
 
 ====  =====================================================================
- 20   curriculum (records ``curr_acc, stage, alpha``; advances the stage)
- 30   task_eval (periodic held-out task accuracy)
- 40   benchmark evals (HellaSwag, EWoK)
+ 20   curriculum (records ``curr_acc, stage, alpha``; advances the stage; held-out eval)
+ 40   evaluation (every evaluator: held-out task accuracy, validation, HellaSwag, EWoK,
+      DeepMind Mathematics; each record calls ``on_eval`` of every hook)
  45   classify_eval (whole-split classification metrics at epoch points)
- 50   validation (validation loss; calls ``on_eval`` of every hook)
  60   logging (train.jsonl, progress bar, TensorBoard, wandb)
  65   preemption (signal -> ask for a checkpoint -> stop with exit 75)
  70   checkpointing (the one hook that saves: periodic, requested and final)

@@ -24,10 +24,13 @@ Logs and state
     On log steps ``train.jsonl`` gets ``curr_acc`` (window accuracy, None while empty),
     ``stage`` and ``alpha`` of the step just trained (recorded through the trainer).
     ``logs/eval.jsonl`` gets ``step, stage, alpha, heldout_acc, heldout_loss, num_examples,
-    timestamp`` (+ ``event``, ``num_dropped``); an ``advance`` or ``completed`` record also has
-    ``passed_stage``, the stage whose window just reached the threshold (``completed`` is the
-    pass of the last stage: the original script's stage moving past ``max_lookahead``), so a
-    curriculum of ``S`` stages that ends on its own writes ``S`` records with ``passed_stage``.  The checkpoint holds the stage, the window
+    timestamp`` (+ ``evaluator: "split"``, ``event``, ``num_dropped`` and the ``split``
+    evaluator's ``by_lookahead/<L>/...``: the held-out evaluation runs through
+    :class:`~megaproc.hooks.evaluation.EvalRunner`, as the evaluation hook does); an
+    ``advance`` or ``completed`` record also has ``passed_stage``, the stage whose window just
+    reached the threshold (``completed`` is the pass of the last stage: the original script's
+    stage moving past ``max_lookahead``), so a curriculum of ``S`` stages that ends on its own
+    writes ``S`` records with ``passed_stage``.  The checkpoint holds the stage, the window
     and the completion flag; the source's state holds the generator index, so a resume
     continues exactly.
 """
@@ -42,7 +45,7 @@ from megaproc import distributed as dist_utils
 from megaproc.console_log import get_logger
 from megaproc.eval.answer_correctness import teacher_forced_correct
 from megaproc.hooks.base import Hook
-from megaproc.hooks.task_eval import HeldoutLog
+from megaproc.hooks.evaluation import EvalRunner, Evaluation
 
 log = get_logger(__name__)
 
@@ -78,7 +81,8 @@ class CurriculumHook(Hook):
 
     def __init__(self, max_stage: int, curr_window: int = 200, curr_check_every: int = 10,
                  curr_threshold: float = 0.98, start_stage: int = 1, source=None,
-                 heldout: HeldoutLog | None = None, continues_word: torch.Tensor | None = None):
+                 heldout: Evaluation | None = None, runner: EvalRunner | None = None,
+                 continues_word: torch.Tensor | None = None):
         self.max_stage = int(max_stage)
         self.check_every = int(curr_check_every)
         self.threshold = float(curr_threshold)
@@ -86,7 +90,8 @@ class CurriculumHook(Hook):
         self.window: deque[int] = deque(maxlen=int(curr_window))
         self.completed = False
         self.source = source
-        self.heldout = heldout
+        self.heldout = heldout if runner is not None else None
+        self.runner = runner
         self.continues_word = continues_word
 
     # ------------------------------------------------------------------ window logic
@@ -130,9 +135,9 @@ class CurriculumHook(Hook):
     def _evaluate(self, trainer, event: str, **fields) -> None:
         if self.heldout is None:
             return
-        record = self.heldout.record(trainer, stage=self.stage, alpha=self.alpha, event=event,
-                                     **fields)
-        if record is not None and record["heldout_acc"] is not None:
+        record = self.runner.run(trainer, self.heldout, stage=self.stage, alpha=self.alpha,
+                                 event=event, **fields)
+        if record["heldout_acc"] is not None:
             log.info(f"held-out eval at step {trainer.step} (stage {self.stage}): "
                      f"acc {record['heldout_acc']:.4f}, answer loss {record['heldout_loss']:.4f} "
                      f"on {record['num_examples']} examples")
@@ -140,7 +145,7 @@ class CurriculumHook(Hook):
     # ------------------------------------------------------------------ events
     def on_train_start(self, trainer) -> None:
         if self.heldout is not None:
-            self.heldout.open(trainer.step)
+            self.runner.open(trainer.step, [self.heldout])
         if self.source is not None:
             self.source.set_stage(self.stage)
         if self.completed:  # resumed from a run whose curriculum already finished

@@ -1,9 +1,9 @@
 """The run's JSON-lines logs (``logs/train.jsonl``, ``logs/eval.jsonl``), written by rank 0.
 
 After a resume, records past the resumed step are dropped first (those steps are redone), so a
-log never holds a step twice.  ``logs/eval.jsonl`` is shared by several hooks (validation,
-held-out task accuracy, benchmarks): :class:`EvalLog` opens it for each record, since a
-long-lived handle would point at the file that start-up replaced.
+log never holds a step twice.  ``logs/eval.jsonl`` is shared by the hooks that evaluate (the
+evaluation hook, the curriculum's held-out evaluation, classification): :class:`EvalLog` opens
+it for each record, since a long-lived handle would point at the file that start-up replaced.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from megaproc import distributed as dist_utils
 from megaproc.files import atomic_write_text, iter_jsonl
-from megaproc.seed_compat.outputs import write_step_metrics
+from megaproc.seed_compat.outputs import write_seed_metrics
 
 
 class JsonlWriter:
@@ -48,8 +48,9 @@ def drop_records_after(path: str | Path, step: int) -> None:
 class EvalLog:
     """Appends evaluation records to ``RUN_DIR/logs/eval.jsonl`` and tells every hook.
 
-    The seed prototype's ``RUN_DIR/step_metrics.json`` is rebuilt from the log after every record
-    (:func:`megaproc.seed_compat.outputs.write_step_metrics`).
+    The seed prototype's ``RUN_DIR/step_metrics.json`` and ``RUN_DIR/hellaswag_metrics.jsonl``
+    are rebuilt from the log after every record and after the resume truncation
+    (:func:`megaproc.seed_compat.outputs.write_seed_metrics`).
     """
 
     def __init__(self, run_dir: str | Path):
@@ -60,10 +61,7 @@ class EvalLog:
         """Drop records after ``step`` (rank 0; idempotent, so every eval hook may call it)."""
         if dist_utils.is_main():
             drop_records_after(self.path, step)
-            self._write_step_metrics()
-
-    def _write_step_metrics(self) -> None:
-        write_step_metrics(self.run_dir, self.path)
+            write_seed_metrics(self.run_dir, self.path)
 
     def write(self, trainer, metrics: dict, **fields) -> dict:
         """Write ``{step, **fields, **metrics, timestamp}`` (rank 0), call ``on_eval`` of every
@@ -73,6 +71,6 @@ class EvalLog:
             writer = JsonlWriter(self.path)
             writer.write(record)
             writer.close()
-            self._write_step_metrics()
+            write_seed_metrics(self.run_dir, self.path)
         trainer.hooks.on_eval(trainer, record)
         return record

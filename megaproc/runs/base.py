@@ -24,11 +24,12 @@ import torch
 from megaproc.config import Config
 from megaproc.console_log import get_logger
 from megaproc.data.default_corpus import default_corpus_paths, ensure_default_corpus
-from megaproc.data.document_mask import (data_document_masking, data_switch_keys,
+from megaproc.data.document_mask import (data_switch_keys,
                                          document_inputs)
 from megaproc.errors import ConfigError
-from megaproc.hooks import (BenchmarkEvalHook, CheckpointHook, Hook, LoggingHook,
-                            PreemptionHook, ValidationHook, validation_mask_key)
+from megaproc.hooks import (CheckpointHook, EvalRunner, Evaluation, EvaluationHook, Hook,
+                            LoggingHook, PreemptionHook, benchmark_evaluations,
+                            validation_evaluation)
 from megaproc.loss import training_loss, training_mask
 from megaproc.models.presets import get_preset
 from megaproc.models.run_model import build_run_model
@@ -112,28 +113,36 @@ class RunKind:
 
     # ----------------------------------------------------------------- hooks
     def workflow_hooks(self, inputs: HookInputs) -> list[Hook]:
-        """The hooks of this workflow (curriculum, task accuracy, classification metrics...)."""
+        """The hooks of this workflow (curriculum, classification metrics...)."""
+        return []
+
+    def workflow_evaluations(self, inputs: HookInputs) -> list[Evaluation]:
+        """The evaluations of this workflow the evaluation hook runs (held-out task accuracy)."""
         return []
 
     def hooks(self, inputs: HookInputs) -> list[Hook]:
-        """Every hook of the run: the workflow's, then the ones the config asks of any run
-        (benchmarks, validation when there is a validation set, logging, checkpointing,
-        preemption)."""
+        """Every hook of the run: the workflow's, the one evaluation hook with the workflow's
+        evaluations and the ones the config asks of any run (benchmarks, validation when there
+        is a validation set), then logging, checkpointing and preemption."""
         cfg = inputs.cfg
         hooks = list(self.workflow_hooks(inputs))
-        if cfg.eval.hellaswag_every or cfg.eval.ewok_every:
-            hooks.append(BenchmarkEvalHook.from_config(cfg.eval, inputs))
-        if inputs.valid_dataset is not None:
-            hooks.append(ValidationHook(cfg.eval, inputs.run_dir, inputs.valid_dataset,
-                                        cfg.train.micro_batch, cfg.train.seq_len, inputs.pad_id,
-                                        inputs.rank, inputs.world_size,
-                                        mask_key=validation_mask_key(cfg.train.loss),
-                                        sliced_head=cfg.train.sliced_head,
-                                        documents=data_document_masking(cfg.data,
-                                                                        inputs.tokenizer)))
+        evaluations = list(self.workflow_evaluations(inputs))
+        evaluations += benchmark_evaluations(cfg.eval, inputs.run_dir)
+        validation = validation_evaluation(cfg, inputs.tokenizer, inputs.valid_dataset,
+                                           inputs.world_size)
+        if validation is not None:
+            evaluations.append(validation)
+        if evaluations:
+            hooks.append(EvaluationHook(evaluations, eval_runner(inputs)))
         hooks += [LoggingHook(cfg.log, inputs.run_dir, cfg.train.max_steps),
                   CheckpointHook(cfg.checkpoint), PreemptionHook()]
         return hooks
+
+
+def eval_runner(inputs: HookInputs) -> EvalRunner:
+    """The runner of a run's evaluations (its run directory, tokenizer, rank, world size)."""
+    return EvalRunner(inputs.run_dir, inputs.tokenizer, inputs.rank, inputs.world_size,
+                      progress=inputs.cfg.log.progress)
 
 
 # ----------------------------------------------------------------------------- causal LMs

@@ -25,8 +25,9 @@ import os
 from megaproc.data.task_source import build_task_source
 from megaproc.errors import ConfigError
 from megaproc.eval.answer_correctness import word_continuation_table
-from megaproc.hooks import CurriculumHook, HeldoutLog, TaskEvalHook, build_heldout_evaluator
-from megaproc.runs.base import CausalLMRun, HookInputs, check_path, check_tokenizer_path
+from megaproc.hooks import CurriculumHook, heldout_evaluation
+from megaproc.runs.base import (CausalLMRun, HookInputs, check_path, check_tokenizer_path,
+                                eval_runner)
 from megaproc.synthetic import ReservedPrompts
 from megaproc.task_vocab import task_tokenizer
 
@@ -79,20 +80,24 @@ class GraphSearchRun(CausalLMRun):
         return source, None
 
     def workflow_hooks(self, inputs: HookInputs):
-        """The curriculum (with the held-out evaluation at its events) or periodic held-out
-        task accuracy."""
+        """The curriculum, with the held-out evaluation at its events."""
         cfg = self.cfg
-        if not (cfg.curriculum.enabled or cfg.task.eval_every):
-            return []
-        evaluator = build_heldout_evaluator(cfg.task, inputs.tokenizer, cfg.train.seq_len + 1,
-                                            inputs.rank, inputs.world_size, inputs.pad_id)
-        heldout = HeldoutLog(evaluator, inputs.run_dir)
         if not cfg.curriculum.enabled:
-            return [TaskEvalHook(heldout, cfg.task.eval_every)]
-        if evaluator is None:
+            return []
+        heldout = heldout_evaluation(cfg.task, cfg.train.seq_len)
+        if heldout is None:
             inputs.log("warning: task.splits_dir is not set: no held-out evaluation")
         c = cfg.curriculum
         continues_word = word_continuation_table(inputs.tokenizer, inputs.hf_config.vocab_size)
         return [CurriculumHook(cfg.task.max_lookahead, c.curr_window, c.curr_check_every,
                                c.curr_threshold, c.start_stage, source=inputs.source,
-                               heldout=heldout, continues_word=continues_word.to(inputs.device))]
+                               heldout=heldout, runner=eval_runner(inputs),
+                               continues_word=continues_word.to(inputs.device))]
+
+    def workflow_evaluations(self, inputs: HookInputs):
+        """Without the curriculum: held-out task accuracy every ``task.eval_every`` steps."""
+        cfg = self.cfg
+        if cfg.curriculum.enabled or not cfg.task.eval_every:
+            return []
+        heldout = heldout_evaluation(cfg.task, cfg.train.seq_len, cfg.task.eval_every)
+        return [heldout] if heldout is not None else []

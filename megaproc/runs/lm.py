@@ -31,7 +31,7 @@ from megaproc.data.document_mask import data_document_masking, data_switch_keys
 from megaproc.data.indexed import IndexedDataset, content_fingerprint
 from megaproc.data.sources import IndexedBatchSource
 from megaproc.errors import ConfigError
-from megaproc.hooks import HeldoutLog, TaskEvalHook, build_heldout_evaluator
+from megaproc.hooks import heldout_evaluation
 from megaproc.loss import per_source_loss, token_cross_entropy
 from megaproc.models.document_attention import document_attention_problem
 from megaproc.models.factory import run_config
@@ -167,11 +167,9 @@ class LMRun(CausalLMRun):
                                      batch["word_mask"].to(device))
         return StepLoss(loss, per_token, mask, logits)
 
-    def workflow_hooks(self, inputs: HookInputs):
+    def workflow_evaluations(self, inputs: HookInputs):
         """Held-out task accuracy every ``task.eval_every`` steps (pretraining with the mixin)."""
         task = self.cfg.task
-        if not task.eval_every:
-            return []
-        evaluator = build_heldout_evaluator(task, inputs.tokenizer, self.cfg.train.seq_len + 1,
-                                            inputs.rank, inputs.world_size, inputs.pad_id)
-        return [TaskEvalHook(HeldoutLog(evaluator, inputs.run_dir), task.eval_every)]
+        heldout = heldout_evaluation(task, self.cfg.train.seq_len, task.eval_every) \
+            if task.eval_every else None
+        return [heldout] if heldout is not None else []

@@ -7,17 +7,28 @@
   - the resolved config, unless the run's launcher already wrote its own;
 * FineWeb prototype (seed ``gpt_prototype_fineweb.md``): ``step_metrics.json`` -
   ``{"<step>": {metric: value, ...}}`` with the records of one step merged, so validation,
-  held-out task accuracy and benchmarks of a step sit side by side.
+  held-out task accuracy and benchmarks of a step sit side by side (without the record's
+  ``timestamp``, ``evaluator`` and ``event``, which differ between the merged records); and
+  ``hellaswag_metrics.jsonl`` beside it - one line per HellaSwag evaluation, ``{"step",
+  "hellaswag_acc", "hellaswag_acc_norm", "hellaswag_num_examples"}`` - once a run has
+  evaluated HellaSwag.
+
+Both are rebuilt from the whole log after every record, so a resume, which drops the records
+past the resumed step, leaves them consistent with ``logs/eval.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from megaproc.files import atomic_write_json, atomic_write_text, iter_jsonl
 
 CLASSIFY_METRIC_KEYS = ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 CLASSIFY_EVENT = "classify"
+# Fields of a record that describe it rather than measure (left out of step_metrics.json).
+RECORD_FIELDS = ("step", "timestamp", "evaluator", "event")
+HELLASWAG_KEYS = ("hellaswag_acc", "hellaswag_acc_norm", "hellaswag_num_examples")
 
 
 def write_classify_files(run_dir: Path, eval_log: Path, data_notes: dict | None = None) -> None:
@@ -44,5 +55,21 @@ def write_step_metrics(run_dir: Path, eval_log: Path) -> None:
     merged: dict[str, dict] = {}
     for record in iter_jsonl(eval_log):
         merged.setdefault(str(record.get("step", 0)), {}).update(
-            {k: v for k, v in record.items() if k not in ("step", "timestamp")})
+            {k: v for k, v in record.items() if k not in RECORD_FIELDS})
     atomic_write_json(Path(run_dir) / "step_metrics.json", merged, indent=1, default=float)
+
+
+def write_hellaswag_metrics(run_dir: Path, eval_log: Path) -> None:
+    """``hellaswag_metrics.jsonl``: ``step`` and the HellaSwag metrics of every record holding
+    them (not written while a run has none, emptied when a resume dropped them all)."""
+    path = Path(run_dir) / "hellaswag_metrics.jsonl"
+    lines = [json.dumps({"step": r.get("step", 0), **{k: r.get(k) for k in HELLASWAG_KEYS}})
+             for r in iter_jsonl(eval_log) if HELLASWAG_KEYS[0] in r]
+    if lines or path.exists():
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_seed_metrics(run_dir: Path, eval_log: Path) -> None:
+    """The files of the FineWeb prototype rebuilt from the eval log (rank 0)."""
+    write_step_metrics(run_dir, eval_log)
+    write_hellaswag_metrics(run_dir, eval_log)

@@ -82,7 +82,9 @@ def test_lm_batches_and_validation_carry_the_switches(corpus, tmp_path):
     assert (batch["document_ids"].diff(dim=1) == eod[:, :-1].long()).all()
     hooks = kind.hooks(HookInputs(cfg, tmp_path, tokenizer, source, valid, None, "cpu", 0, 1,
                                   pad))
-    validation = next(h for h in hooks if h.name == "validation")
+    evaluation = next(h for h in hooks if h.name == "evaluation")
+    validation = next(e.evaluator for e in evaluation.evaluations
+                      if e.evaluator.name == "validation")
     assert validation.documents == source.documents and source.documents.eod_mask_loss
 
 

@@ -198,14 +198,14 @@ def test_sliced_head_through_deepspeed_engines(process_group, name, stage):  # n
 
 
 def test_answer_only_validation_metrics_equal_the_full_head():
-    from megaproc.eval.lm import lm_metrics
+    from megaproc.eval.forward import ModelForward
+    from megaproc.eval.lm import batch_lm_sums, lm_summary
 
     model, batch = make_model("pythia-14m").eval(), make_batch()
     teach(model, batch)  # some answer tokens predicted right: token accuracy strictly inside (0, 1)
-    full = lm_metrics(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, [batch],
-                      reduce=False, mask_key="answer_mask")
-    sliced = lm_metrics(lambda ids, mask, positions=None: forward_logits(model, ids, mask, positions),
-                        [batch], reduce=False, mask_key="answer_mask", sliced=True)
+    forward = ModelForward(model)
+    full = lm_summary(batch_lm_sums(forward, batch, mask_key="answer_mask"))
+    sliced = lm_summary(batch_lm_sums(forward, batch, mask_key="answer_mask", sliced=True))
     assert sliced["num_tokens"] == full["num_tokens"] == int(batch["answer_mask"].sum())
     assert 0 < full["val_token_acc"] < 1 and sliced["val_token_acc"] == full["val_token_acc"]
     assert sliced["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
