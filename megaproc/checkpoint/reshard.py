@@ -68,6 +68,7 @@ import megaproc.checkpoint.layout as layout
 from megaproc import distributed as dist_utils
 from megaproc.checkpoint.layout import ResumeError
 from megaproc.console_log import get_logger
+from megaproc.engine import zero_stage
 
 log = get_logger(__name__)
 
@@ -148,7 +149,7 @@ def configure_ds_config(ds_config: dict, resume_from: Path | None, world_size: i
     """
     if world_size_change(resume_from, world_size, ckpt_cfg.allow_world_size_change) is None:
         return False
-    if int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 0:
+    if zero_stage(ds_config) == 0:
         return False
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return True
