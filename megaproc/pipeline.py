@@ -11,8 +11,10 @@ Steps (each is skipped when its output is already complete, so a rerun resumes):
 3. ``pretrain`` ``configs/pretrain_cpu.yaml``: the pre-pretrained weights continue on the
                 built-in code corpus with the synthetic mixin -> ``OUT/pretrain``
 4. ``evaluate`` ``python -m megaproc.evaluate`` of both final checkpoints on ``test.jsonl``
-                -> ``OUT/eval/{pptrain,pretrain}_test.json``
+                -> ``OUT/eval/{pptrain,pretrain}_test.json`` (the pre-pretrained model's
+                while step 3 runs)
 5. ``export``   ``python -m megaproc.export`` of the final pretraining checkpoint -> ``OUT/export``
+                (beside the second evaluation)
 
 A training step is complete when it exited successfully (``OUT/<step>/PIPELINE_COMPLETE``); an
 interrupted one resumes from its newest checkpoint (``checkpoint.resume: auto``), or restarts
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from megaproc.checkpoint import latest_checkpoint, read_trainer_state
@@ -197,12 +200,20 @@ def run_pipeline(args) -> dict:
     pptrain_dir, pretrain_dir = out / "pptrain", out / "pretrain"
     timed("pptrain", step_train, "pptrain", pptrain_dir, args, args.pptrain_config,
           [f"task.splits_dir={split_dir}", *args.pptrain], out)
-    timed("pretrain", step_train, "pretrain", pretrain_dir, args, args.pretrain_config,
-          [f"model.init_from=latest:{pptrain_dir}", f"data.mixin={split_dir / 'mixin.jsonl'}",
-           f"task.splits_dir={split_dir}", *args.pretrain], out)
-    results = {name: timed(f"evaluate_{name}", step_evaluate, name, run_dir, split_dir, out)
-               for name, run_dir in (("pptrain", pptrain_dir), ("pretrain", pretrain_dir))}
-    timed("export", step_export, pretrain_dir, out / "export", out)
+    # The evaluations and the export are small one-process jobs that only read finished
+    # checkpoints: the pre-pretrained model is evaluated while pretraining starts up (its
+    # imports and corpus build leave a core idle), the pretrained one beside the export.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        evaluations = {"pptrain": pool.submit(timed, "evaluate_pptrain", step_evaluate,
+                                              "pptrain", pptrain_dir, split_dir, out)}
+        timed("pretrain", step_train, "pretrain", pretrain_dir, args, args.pretrain_config,
+              [f"model.init_from=latest:{pptrain_dir}", f"data.mixin={split_dir / 'mixin.jsonl'}",
+               f"task.splits_dir={split_dir}", *args.pretrain], out)
+        evaluations["pretrain"] = pool.submit(timed, "evaluate_pretrain", step_evaluate,
+                                              "pretrain", pretrain_dir, split_dir, out)
+        export = pool.submit(timed, "export", step_export, pretrain_dir, out / "export", out)
+        results = {name: future.result() for name, future in evaluations.items()}
+        export.result()
     summary = {"splits": str(split_dir), "pptrain": curriculum_summary(pptrain_dir),
                "test": {name: {k: r["split"][k] for k in ("heldout_acc", "heldout_loss",
                                                           "num_examples", "by_lookahead")}
