@@ -8,8 +8,10 @@ plain run we fill in a single-process group.  The backend is nccl on CUDA and gl
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -41,6 +43,7 @@ def init_distributed(local_rank_arg: int | None = None) -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if local_rank_arg is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(local_rank_arg)
+    use_interpreter_extensions_dir()
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -49,6 +52,38 @@ def init_distributed(local_rank_arg: int | None = None) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     if not torch.cuda.is_available():
         unlink_shm_buffers()
+
+
+def use_interpreter_extensions_dir() -> None:
+    """Give this Python environment its own cache of JIT-compiled torch extensions.
+
+    On CPU, ``deepspeed.init_distributed`` loads DeepSpeed's shared-memory comm op, which torch
+    compiles into ``~/.cache/torch_extensions/py311_cpu/deepspeed_shm_comm`` whatever the
+    environment.  The build's flags name the environment's include paths, so two virtual
+    environments on one machine overwrite each other's build and every switch recompiles it
+    (~40 s inside a run's start-up).  torch appends ``py311_cpu/<name>`` to
+    ``TORCH_EXTENSIONS_DIR``; a value the user set is kept.
+    """
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(
+            os.path.expanduser("~"), ".cache", "torch_extensions", f"env-{tag}")
+
+
+def build_cpu_comm_op() -> bool:
+    """Compile DeepSpeed's CPU comm op now, where ``init_distributed`` will look for it (set-up
+    calls this, as ``DS_BUILD_OPS`` would at install).  False when there is nothing to build
+    (a GPU machine, or an op this machine cannot compile)."""
+    use_interpreter_extensions_dir()
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    # The same lookup as deepspeed.comm.torch.build_shm_op (DeepSpeed 0.19).
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return False
+    builder.load(verbose=False)
+    return True
 
 
 def unlink_shm_buffers() -> None:

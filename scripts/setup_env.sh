@@ -22,14 +22,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! installed megaproc
   echo "[setup] installing megaproc and its dependencies"
   "$PYTHON" -m pip install -q -e ".[test]"
   echo "[setup] building DeepSpeed's CPU communication op (once)"
-  "$PYTHON" - <<'PY'
-import deepspeed.ops
-from deepspeed.accelerator import get_accelerator
-
-# The same lookup as deepspeed.comm.torch.build_shm_op: None (nothing to build) on GPU machines.
-builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-    builder.load(verbose=False)
-PY
+  "$PYTHON" -c "from megaproc.distributed import build_cpu_comm_op; build_cpu_comm_op()"
   echo "$want" > "$stamp"
 fi

@@ -39,7 +39,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def process_group():
     """A 1-rank gloo process group, as DeepSpeed needs one even for a single process."""
-    import deepspeed
     import torch.distributed as dist
 
     keys = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
@@ -49,7 +48,7 @@ def process_group():
     if created:
         for key, value in keys.items():
             os.environ.setdefault(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
+        dist_utils.init_distributed()   # DeepSpeed's, with the environment's op cache
     yield
     # Leave no launcher variables (and no bound store port) behind: later tests start training
     # subprocesses that would inherit them and try to bind the same port.
