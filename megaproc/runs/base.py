@@ -14,6 +14,7 @@ pretrained model, with ``model.init_from`` transfer and freezing) and the token 
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,7 @@ class StepLoss:
     logits: torch.Tensor
 
 
-class RunKind:
+class RunKind(abc.ABC):
     """Base class of the workflows (``megaproc/runs/*.py``)."""
 
     name: ClassVar[str] = "kind"
@@ -91,25 +92,25 @@ class RunKind:
                               f"{self.name} run")
 
     # ----------------------------------------------------------------- components
+    @abc.abstractmethod
     def build_tokenizer(self):
         """The run's tokenizer."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def data_fingerprint(self, tokenizer) -> str:
         """Identity of the data the run trains on (a resume with other data is refused)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build_data(self, tokenizer, rank: int, world_size: int, pad_id: int, log_fn):
         """``(batch_source, validation_dataset_or_None)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build_model(self, tokenizer, ds_config: dict, run_dir: Path, zero_stage: int):
         """The model to wrap in the DeepSpeed engine."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward_loss(self, engine, batch: dict, device) -> StepLoss:
         """Forward one micro-batch and compute its loss."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------- hooks
     def workflow_hooks(self, inputs: HookInputs) -> list[Hook]:
