@@ -5,8 +5,8 @@ the reference: on random token rows with EODs (first, last, consecutive, none, a
 to the EOD id), for every combination of the three switches, the batch's position ids, the
 block-causal attention of its document ids and the labels left to train equal Megatron's
 position ids, attention mask and loss mask on each row's real tokens; padding stays out of
-every document.  The training loss with ``eod_mask_loss`` (through ``CausalLMRun.forward_loss``,
-full and sliced head) is the token mean over exactly Megatron's loss mask, the logits computed
+every document.  The training loss with ``eod_mask_loss`` (through the ``lm`` kind's
+``forward_loss``, full and sliced head) is the token mean over exactly Megatron's loss mask, the logits computed
 in the test from Megatron's masks and positions.
 """
 
@@ -26,7 +26,7 @@ from megaproc.data.document_mask import PAD_DOCUMENT, DocumentMasking, document_
 from megaproc.errors import ConfigError
 from megaproc.models import build_model
 from megaproc.models.document_attention import block_causal_attention
-from megaproc.runs.base import CausalLMRun
+from megaproc.runs.lm import LMRun
 from tests.models.test_document_attention import one_torch_thread  # noqa: F401 (autouse)
 
 EOD, PAD, VOCAB, WIDTH = 3, 1, 12, 24  # samples of WIDTH + 1 tokens
@@ -121,7 +121,7 @@ def test_eod_mask_loss_trains_exactly_megatrons_loss_mask(loss, sliced):
     batch = collate(samples, PAD, pad_to=WIDTH + 1,
                     documents=DocumentMasking(EOD, True, True, True))
     with torch.no_grad():
-        out = CausalLMRun(cfg).forward_loss(model, batch, torch.device("cpu"))
+        out = LMRun(cfg).forward_loss(model, batch, torch.device("cpu"))
     if sliced:
         assert batch["head_positions"].sum() < batch["head_positions"].numel()
 
