@@ -1,4 +1,4 @@
-"""Real multi-process training (deepspeed launcher, 2 CPU ranks, gloo).
+"""Real multi-process training (2 CPU ranks, gloo; the deepspeed launcher and torchrun).
 
 One module-scoped set of runs serves several checks, because each launch costs ~30 s:
 - ZeRO-0, ZeRO-2 and ZeRO-3 straight runs of 2N steps give the same loss curve;
@@ -34,8 +34,8 @@ def settings(stage: int, out: Path, extra: list[str] = ()) -> list[str]:
                    "checkpoint.keep_last_k=0", "eval.every=4", *extra]
 
 
-def straight(out: Path, stage: int, extra: list[str] = ()) -> Path:
-    proc = run(2, settings(stage, out, extra))
+def straight(out: Path, stage: int, extra: list[str] = (), launcher: str = "torchrun") -> Path:
+    proc = run(2, settings(stage, out, extra), launcher=launcher)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -43,7 +43,10 @@ def straight(out: Path, stage: int, extra: list[str] = ()) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    out = {stage: straight(tmp / f"straight_zero{stage}", stage) for stage in (0, 2, 3)}
+    # The ZeRO-2 run is the deepspeed launcher's: the torchrun runs below must reproduce it.
+    out = {stage: straight(tmp / f"straight_zero{stage}", stage,
+                           launcher="deepspeed" if stage == 2 else "torchrun")
+           for stage in (0, 2, 3)}
     out["zero3_init"] = straight(tmp / "straight_zero3_init", 3, ZERO3_INIT)
     return out | {"tmp": tmp}
 

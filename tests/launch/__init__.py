@@ -1,4 +1,13 @@
-"""Helpers for tests that run the real trainer under the deepspeed launcher (gloo on CPU)."""
+"""Helpers for tests that run the real trainer on CPU ranks (gloo) under a real launcher.
+
+Multi-rank jobs start under torchrun unless a test asks for the deepspeed launcher.  Both run the
+same program with the same losses (tests/core/test_distributed_training.py checks it bitwise);
+torchrun starts the ranks several seconds sooner, because the deepspeed launcher is two
+interpreters that each import deepspeed (runner.py, then launch.py) before the first rank
+starts.  Tests about the deepspeed launcher itself pass ``launcher="deepspeed"``, and so do
+runs whose exit code is checked (the deepspeed launcher passes the trainer's code through;
+torchrun exits 1) and jobs killed by a test (:func:`start`).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +31,18 @@ FAST = ["model.name=tiny", "train.seq_len=32", "train.micro_batch=2", "train.gra
         "schedule.warmup_steps=2", "optim.lr=5e-3", "model.dropout=0.1"]
 
 
-def command(nproc: int, overrides: list[str], config: str = QUICKSTART) -> list[str]:
-    """Command line for ``nproc`` ranks (deepspeed launcher) or one plain process."""
+LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node"],
+             "deepspeed": ["-m", "deepspeed.launcher.runner", "--num_gpus"]}
+
+
+def command(nproc: int, overrides: list[str], config: str = QUICKSTART,
+            launcher: str = "torchrun") -> list[str]:
+    """Command line for ``nproc`` ranks under ``launcher`` (a key of :data:`LAUNCHERS`), or
+    one plain process."""
     if nproc == 1:
         return [sys.executable, TRAIN, "--config", config, *overrides]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-            "--master_port", str(free_port()), TRAIN, "--config", config, *overrides]
+    return [sys.executable, *LAUNCHERS[launcher], str(nproc), "--master_port", str(free_port()),
+            TRAIN, "--config", config, *overrides]
 
 
 # Set by a launcher for its workers; a test process that made its own process group must not
@@ -45,17 +60,23 @@ def env(**extra) -> dict:
 
 
 def run(nproc: int, overrides: list[str], timeout: int = 600, config: str = QUICKSTART,
-        **env_extra) -> subprocess.CompletedProcess:
+        launcher: str = "torchrun", **env_extra) -> subprocess.CompletedProcess:
     """Run a training job to completion and return the finished process."""
-    return subprocess.run(command(nproc, overrides, config), cwd=REPO, env=env(**env_extra),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(nproc, overrides, config, launcher), cwd=REPO,
+                          env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
 
 
 def start(nproc: int, overrides: list[str], log_path: Path, **env_extra) -> subprocess.Popen:
-    """Start a training job in its own process group (so the whole job can be killed)."""
+    """Start a training job in its own process group (so the whole job can be killed).
+
+    Always the deepspeed launcher: its ranks stay in the launcher's process group, which
+    :func:`kill_job` kills at once.  torchrun starts every worker in a session of its own, so
+    killing torchrun's group would leave the workers training.
+    """
     log = open(log_path, "w")
-    return subprocess.Popen(command(nproc, overrides), cwd=REPO, env=env(**env_extra),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(command(nproc, overrides, launcher="deepspeed"), cwd=REPO,
+                            env=env(**env_extra), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def kill_job(proc: subprocess.Popen) -> None:

@@ -30,7 +30,7 @@ def run_settings(out_dir: Path) -> list[str]:
 def reference_losses(tmp_path_factory) -> dict[int, float]:
     """Per-step losses of the uninterrupted 1-node x 2-process run (deepspeed launcher)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = run(2, run_settings(out))
+    proc = run(2, run_settings(out), launcher="deepspeed")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = losses(out)
     assert sorted(result) == list(range(1, PREEMPT_STEPS + 1))

@@ -1,4 +1,7 @@
-"""Checkpoints that verify themselves, on 2 ranks with real engines (deepspeed launcher, gloo).
+"""Checkpoints that verify themselves, on 2 ranks with real engines (gloo).
+
+The runs whose exit code is checked run under the deepspeed launcher, which passes the
+trainer's code through (torchrun exits 1 with its own traceback); the others under torchrun.
 
 The shared launch-test run (60 steps) with a checkpoint every 20 steps; every resumed run's
 per-step losses are compared bitwise with the uninterrupted reference run's.
@@ -73,7 +76,8 @@ def full_disk(tmp_path_factory):
     mounted = mount_tmpfs(disk, DISK_SIZE)
     out = disk / "run"
     try:
-        failed = run(2, settings(out), **({} if mounted else {FAULT_ENOSPC_ENV: "40:0"}))
+        failed = run(2, settings(out), launcher="deepspeed",
+                     **({} if mounted else {FAULT_ENOSPC_ENV: "40:0"}))
         after_failure = checkpoints(out)
         step20_problems = checkpoint_problems(out / "checkpoints" / "step_00000020")[0]
         if mounted:
@@ -125,7 +129,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_that_verifies(full_disk, re
         f"{ckpts / 'step_00000060'}"], explicit.stderr[-3000:]
     assert snapshot(out) == damaged
 
-    auto = run(2, settings(out), **{FAULT_ENOSPC_ENV: "40:1"})
+    auto = run(2, settings(out), launcher="deepspeed", **{FAULT_ENOSPC_ENV: "40:1"})
     fallbacks = [line for line in auto.stdout.splitlines() if "fails verification" in line]
     assert len(fallbacks) == 2, auto.stdout[-3000:]
     assert f"step_00000060 fails verification ({SHARD} has {half} bytes" in fallbacks[0]

@@ -180,7 +180,7 @@ def zero3_run(out: Path, splits: str, max_steps: int) -> subprocess.CompletedPro
 
 
 def test_two_rank_zero3_curriculum_run(runs):
-    """Under the deepspeed launcher with ZeRO-3 (GPT-2's tied head, sliced, on the task
+    """On 2 ranks with ZeRO-3 (GPT-2's tied head, sliced, on the task
     vocabulary): the window gathers both ranks' examples (8 per step), every held-out evaluation
     runs in lock step, the run completes, and a run stopped in the middle of stage 2 (step 3)
     and resumed on 2 ranks reproduces it bitwise."""
