@@ -42,6 +42,7 @@ def assert_real_png(path: Path) -> None:
     assert len(colours) > 10
 
 
+@pytest.mark.slow  # the fixture trains a run
 def test_plot_command_on_a_trainer_run(run_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "megaproc.plot", str(run_dir), "--out",
                            str(tmp_path / "png")], cwd=REPO, capture_output=True, text=True,
@@ -56,6 +57,7 @@ def test_plot_command_on_a_trainer_run(run_dir, tmp_path):
         assert_real_png(path)
 
 
+@pytest.mark.slow  # the fixture trains a run
 def test_benchmark_and_curriculum_plots_when_present(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir / "logs", run / "logs")

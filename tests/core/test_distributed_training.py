@@ -22,6 +22,8 @@ import pytest
 
 from tests.launch import FAST, kill_job, losses, read_jsonl, run, start, wait_for
 
+pytestmark = pytest.mark.slow
+
 N = 4  # checkpoint interval; straight runs train 2N steps
 
 

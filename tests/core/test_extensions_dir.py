@@ -16,7 +16,13 @@ from megaproc import distributed as dist_utils
 
 
 def test_build_directory_follows_the_environment_and_a_users_setting_wins(monkeypatch, tmp_path):
-    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    # torch creates the folder it names: under a home of the test's own, not the user's cache.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # Set before deleting: monkeypatch undoes only what it recorded, and a delenv of an absent
+    # variable records nothing, so the value use_interpreter_extensions_dir() writes below would
+    # outlive the test (and every later run of this process would compile the op for venv_a).
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "recorded")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv_a"))
     dist_utils.use_interpreter_extensions_dir()
     first = _get_build_directory("deepspeed_shm_comm", verbose=False)
@@ -25,6 +31,7 @@ def test_build_directory_follows_the_environment_and_a_users_setting_wins(monkey
     dist_utils.use_interpreter_extensions_dir()
     second = _get_build_directory("deepspeed_shm_comm", verbose=False)
     assert first != second                       # where torch builds it: per environment
+    assert first.startswith(str(tmp_path / "home" / ".cache" / "torch_extensions" / "env-"))
     assert Path(first).name == Path(second).name == "deepspeed_shm_comm"
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))

@@ -3,9 +3,6 @@ for the training entry point and for a Trainer built from an unresolved config."
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
@@ -68,14 +65,13 @@ def test_every_refusal_is_one_line_through_dry_run_training_and_the_trainer(tmp_
         assert not out_dir.exists(), overrides  # refused before anything was written
 
 
-def test_dry_run_prints_grad_accum_derived_for_the_launchers_world_size(tmp_path):
-    argv = [sys.executable, "megaproc/train.py", "--config", QUICKSTART, "--dry-run",
-            "train.seq_len=32", "train.micro_batch=2", "train.total_batch_tokens=256"]
+def test_dry_run_prints_grad_accum_derived_for_the_launchers_world_size(capsys, monkeypatch):
+    argv = ["--config", QUICKSTART, "--dry-run", "train.seq_len=32", "train.micro_batch=2",
+            "train.total_batch_tokens=256"]
     for world_size, grad_accum in (("2", 2), ("1", 4)):
-        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
-                             env={**__import__("os").environ, "WORLD_SIZE": world_size})
-        assert out.returncode == 0, out.stderr
-        resolved = yaml.safe_load(out.stdout)
+        monkeypatch.setenv("WORLD_SIZE", world_size)   # what a launcher sets
+        assert run(argv) == 0
+        resolved = yaml.safe_load(capsys.readouterr().out)
         assert resolved["train"]["grad_accum"] == grad_accum  # 256 / (2 * 32 * world size)
         assert resolved["run"]["kind"] == "lm"
         assert resolved["data"]["train"][0]["prefix"].endswith("corpus")  # the built-in corpus

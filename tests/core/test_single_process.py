@@ -11,6 +11,8 @@ import pytest
 
 from tests.launch import FAST, losses, read_jsonl, run, start, wait_for
 
+pytestmark = pytest.mark.slow  # every test starts the trainer
+
 PREEMPTED_EXIT_CODE = 75
 
 
@@ -126,7 +128,6 @@ def test_total_batch_tokens_mfu_plots_and_step_metrics(tmp_path):
     assert "'train.total_batch_tokens'" in _one_error_line(bad)
 
 
-@pytest.mark.slow
 def test_two_rank_run_leaves_no_shared_memory_behind(tmp_path):
     import glob
     import os

@@ -56,6 +56,7 @@ def _rows(count: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # lm-evaluation-harness scores in a process of its own
 def test_hellaswag_acc_and_acc_norm_equal_lm_eval(tmp_path, model_dir, capsys):
     spec = importlib.util.find_spec("lm_eval")
     if spec is None:

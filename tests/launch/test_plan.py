@@ -216,10 +216,23 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_cli_json_and_text():
+def main_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``megaproc.plan.main(args)`` in this process: exit code, stdout, stderr (argparse's
+    refusals exit 2 through SystemExit)."""
+    from megaproc.plan import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_and_text(capsys):
     args = ["--model", "gpt2-xl", "--gpus", "8", "--nodes", "1", "--zero", "2",
             "--micro-batch", "2", "--seq-len", "2048"]
-    proc = run_cli(*args, "--json")
+    proc = run_cli(*args, "--json")   # the command itself, once; the rest in-process
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for key in ("params", "largest_layer_params", "gpu_model_states_bytes",
@@ -228,13 +241,14 @@ def test_cli_json_and_text():
         assert key in result, key
     assert result["tokens_per_step"] == 2 * 8 * 2048
     assert result["params"] == parameter_counts(model_config("gpt2-xl", 50257, "", 2048))["total"]
-    text = run_cli(*args, "--gradient-checkpointing", "--offload").stdout
+    code, text, _ = main_in_process(capsys, *args, "--gradient-checkpointing", "--offload")
+    assert code == 0
     for word in ("parameters", "gradients", "optimizer states", "activations", "tokens",
                  "FLOPs", "recommended", "fits"):
         assert word in text, word
-    bad = run_cli("--model", "gpt5", "--gpus", "8", "--zero", "2", "--micro-batch", "1",
-                  "--seq-len", "8")
-    assert bad.returncode == 2 and "unknown model" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
-    assert run_cli(*args[:-6], "--zero", "0", "--micro-batch", "1", "--seq-len", "8",
-                   "--offload").returncode == 2
+    code, _, err = main_in_process(capsys, "--model", "gpt5", "--gpus", "8", "--zero", "2",
+                                   "--micro-batch", "1", "--seq-len", "8")
+    assert code == 2 and "unknown model" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main_in_process(capsys, *args[:-6], "--zero", "0", "--micro-batch", "1",
+                           "--seq-len", "8", "--offload")[0] == 2

@@ -24,6 +24,8 @@ import pytest
 
 from tests.launch import FAST, REPO, read_jsonl, run
 
+pytestmark = pytest.mark.slow
+
 PPTRAIN = str(REPO / "configs" / "pptrain_cpu.yaml")
 PRETRAIN = str(REPO / "configs" / "pretrain_cpu.yaml")
 SEQ_LEN = 23  # drops the longest ~4% (stage 1) to ~15% (stage 3) of the n=26 symbolic examples
