@@ -23,7 +23,7 @@ import torch
 from megaproc.flops import (geometry, mfu, model_flops_per_token, parameter_counts, peak_flops,
                             peak_flops_for_name)
 from megaproc.models import PRESETS, model_config
-from megaproc.plan import GIB, activation_bytes, model_states, plan
+from megaproc.plan import GIB, activation_bytes, main, model_states, plan
 
 MODELS = [*PRESETS, "gpt2:8_8_512"]
 TOPOLOGIES = [(1, 1), (2, 1), (8, 1), (8, 2), (4, 16)]  # (GPUs per node, nodes)
@@ -219,8 +219,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def main_in_process(capsys, *args: str) -> tuple[int, str, str]:
     """``megaproc.plan.main(args)`` in this process: exit code, stdout, stderr (argparse's
     refusals exit 2 through SystemExit)."""
-    from megaproc.plan import main
-
     try:
         code = main(list(args))
     except SystemExit as exc:
